@@ -1,0 +1,265 @@
+"""Payment events and their Avro wire format.
+
+Every message is Avro single-object encoded (0xC3 0x01, the writer schema's 8-byte
+CRC-64-AVRO fingerprint, then the body), so each message names its writer schema
+without a registry round trip. Readers resolve any known writer version into their own
+reader version by Avro schema resolution; a fingerprint that no file in `schemas/`
+produces is a poison message, not a crash.
+
+Output event ids are derived from the event that caused them (uuid5), so a stage that
+handles the same input twice after a crash emits byte-identical event ids and every
+consumer can drop the duplicate.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import secrets
+import struct
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import fastavro
+from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
+
+from orchestrator.domain import Payment, payment_from_record, payment_to_record
+
+SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+FINGERPRINT_BYTES = 8
+_HEADER_BYTES = len(SINGLE_OBJECT_MAGIC) + FINGERPRINT_BYTES
+_SCHEMA_FILE = re.compile(r"^payment_event\.v(\d+)\.avsc$")
+
+# Namespace for deterministic event ids; changing it would break deduplication of
+# events re-emitted after a restart, so it is fixed forever.
+EVENT_ID_NAMESPACE = uuid.UUID("6f0c8f7e-3b1d-4c55-9b2e-5d1f5a9a0c42")
+
+EVENT_TYPES = (
+    "PaymentReceived",
+    "PaymentInitiated",
+    "PaymentRejected",
+    "PaymentHeld",
+    "SanctionsScreened",
+    "FraudScored",
+    "PaymentRouted",
+    "PaymentExecuted",
+    "PaymentFailed",
+    "FundsReserved",
+    "FundsPosted",
+    "FundsReleased",
+    "PaymentSettled",
+)
+
+
+class UndecodableEvent(ValueError):
+    """Bytes that are not a payment event this process can read (a poison message)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    event_id: str
+    event_type: str
+    occurred_at: datetime
+    correlation_id: str
+    causation_id: str | None
+    tenant_id: str
+    region: str
+    traceparent: str | None
+    stage: str
+    payment: Payment
+    payload: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = 0  # filled by the codec with the writer version
+
+    @property
+    def payment_id(self) -> str:
+        return self.payment.payment_id
+
+    def log_context(self) -> dict[str, str]:
+        """The identifiers every log line about this event carries (never account data)."""
+        return {
+            "payment_id": self.payment.payment_id,
+            "correlation_id": self.correlation_id,
+            "tenant_id": self.tenant_id,
+            "event_id": self.event_id,
+            "event_type": self.event_type,
+        }
+
+
+def new_traceparent() -> str:
+    """A fresh W3C trace context (version 00, sampled)."""
+    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+
+
+def child_traceparent(parent: str | None) -> str:
+    """Continue the parent's trace with a new span id, or start one."""
+    if parent and len(parent) == 55 and parent[2] == "-":
+        return f"00-{parent[3:35]}-{secrets.token_hex(8)}-{parent[53:55]}"
+    return new_traceparent()
+
+
+def derive_event(
+    cause: Event,
+    event_type: str,
+    stage: str,
+    payload: dict[str, Any],
+    *,
+    occurred_at: datetime,
+    region: str,
+    payment: Payment | None = None,
+    discriminator: str = "",
+) -> Event:
+    """An event caused by `cause`, with an id that is the same every time it is derived."""
+    if event_type not in EVENT_TYPES:
+        raise ValueError(f"unknown event type {event_type}")
+    event_id = uuid.uuid5(EVENT_ID_NAMESPACE, f"{cause.event_id}/{stage}/{event_type}/{discriminator}")
+    return Event(
+        event_id=str(event_id),
+        event_type=event_type,
+        occurred_at=occurred_at,
+        correlation_id=cause.correlation_id,
+        causation_id=cause.event_id,
+        tenant_id=cause.tenant_id,
+        region=region,
+        traceparent=child_traceparent(cause.traceparent),
+        stage=stage,
+        payment=payment or cause.payment,
+        payload=payload,
+    )
+
+
+def received_event(
+    payment: Payment, *, channel: str, idempotency_key: str | None, occurred_at: datetime, region: str
+) -> Event:
+    """The first event of a payment's life, written by the intake."""
+    return Event(
+        event_id=str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{payment.payment_id}/received")),
+        event_type="PaymentReceived",
+        occurred_at=occurred_at,
+        correlation_id=payment.payment_id,
+        causation_id=None,
+        tenant_id=payment.tenant_id,
+        region=region,
+        traceparent=new_traceparent(),
+        stage="intake",
+        payment=payment,
+        payload={"channel": channel, "idempotency_key": idempotency_key},
+    )
+
+
+@dataclass(frozen=True)
+class SchemaVersion:
+    version: int
+    parsed: dict
+    fingerprint: bytes
+
+
+class EventCodec:
+    """Encodes with one writer version and decodes every version found in `schemas/`.
+
+    Schemas are parsed once at construction; encoding and decoding reuse them.
+    """
+
+    def __init__(self, schemas_dir: Path, *, writer_version: int | None = None, reader_version: int | None = None):
+        self._versions: dict[int, SchemaVersion] = {}
+        for path in sorted(schemas_dir.glob("payment_event.v*.avsc")):
+            match = _SCHEMA_FILE.match(path.name)
+            if not match:
+                continue
+            version = int(match.group(1))
+            parsed = parse_schema(json.loads(path.read_text(encoding="utf-8")), _force=True)
+            raw_fp = fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO")
+            # The single-object spec stores the fingerprint little-endian.
+            fp = struct.pack("<Q", int(raw_fp, 16))
+            self._versions[version] = SchemaVersion(version, parsed, fp)
+        if not self._versions:
+            raise FileNotFoundError(f"no payment_event.v*.avsc schemas in {schemas_dir}")
+        latest = max(self._versions)
+        self.writer = self._versions[writer_version or latest]
+        self.reader = self._versions[reader_version or latest]
+        self._by_fingerprint = {v.fingerprint: v for v in self._versions.values()}
+
+    @cached_property
+    def versions(self) -> tuple[int, ...]:
+        return tuple(sorted(self._versions))
+
+    def schema(self, version: int) -> dict:
+        return self._versions[version].parsed
+
+    def encode(self, event: Event) -> bytes:
+        record = {
+            "event_id": event.event_id,
+            "event_type": event.event_type,
+            "schema_version": self.writer.version,
+            "occurred_at": event.occurred_at,
+            "correlation_id": event.correlation_id,
+            "causation_id": event.causation_id,
+            "tenant_id": event.tenant_id,
+            "region": event.region,
+            "traceparent": event.traceparent,
+            "stage": event.stage,
+            "payment": payment_to_record(event.payment),
+            # The union branch is named explicitly so no guessing by shape can pick a
+            # wrong record whose fields happen to fit.
+            "payload": (f"payorch.events.{event.event_type}", event.payload),
+        }
+        buffer = io.BytesIO()
+        buffer.write(SINGLE_OBJECT_MAGIC)
+        buffer.write(self.writer.fingerprint)
+        fastavro.schemaless_writer(buffer, self.writer.parsed, record)
+        return buffer.getvalue()
+
+    def writer_version_of(self, data: bytes) -> int:
+        if len(data) < _HEADER_BYTES or data[:2] != SINGLE_OBJECT_MAGIC:
+            raise UndecodableEvent("not Avro single-object encoded (missing C3 01 marker)")
+        writer = self._by_fingerprint.get(data[2:_HEADER_BYTES])
+        if writer is None:
+            raise UndecodableEvent(f"unknown writer schema fingerprint {data[2:_HEADER_BYTES].hex()}")
+        return writer.version
+
+    def decode(self, data: bytes) -> Event:
+        writer = self._versions[self.writer_version_of(data)]
+        try:
+            record = fastavro.schemaless_reader(
+                io.BytesIO(data[_HEADER_BYTES:]),
+                writer.parsed,
+                self.reader.parsed,
+                return_record_name=True,
+                return_record_name_override=True,
+            )
+        except Exception as exc:  # fastavro raises several types for corrupt bodies
+            raise UndecodableEvent(f"corrupt Avro body for schema v{writer.version}: {exc!r}") from exc
+        payload_name, payload = _split_union(record["payload"])
+        event_type = record["event_type"]
+        if payload_name != event_type:
+            raise UndecodableEvent(f"payload {payload_name} does not match event_type {event_type}")
+        occurred_at = record["occurred_at"]
+        return Event(
+            event_id=str(record["event_id"]),
+            event_type=event_type,
+            occurred_at=occurred_at if occurred_at.tzinfo else occurred_at.replace(tzinfo=UTC),
+            correlation_id=record["correlation_id"],
+            causation_id=record["causation_id"],
+            tenant_id=record["tenant_id"],
+            region=record["region"],
+            traceparent=record["traceparent"],
+            stage=record["stage"],
+            payment=payment_from_record(record["payment"]),
+            payload=payload,
+            schema_version=writer.version,
+        )
+
+
+def _split_union(value: Any) -> tuple[str, dict]:
+    if isinstance(value, tuple):
+        name, body = value
+        return name.rsplit(".", 1)[-1], body
+    raise UndecodableEvent("payload union without a record name")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)

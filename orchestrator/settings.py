@@ -1,0 +1,117 @@
+"""One frozen settings object per process, from defaults, `.env`-free environment.
+
+Every field can be overridden with `PAYORCH_<FIELD>`; nested fields use a double
+underscore (`PAYORCH_KAFKA__BOOTSTRAP_SERVERS`). Unknown keys in code are refused.
+librdkafka options that have no field of their own pass through `kafka.extra`
+(`PAYORCH_KAFKA__EXTRA='{"socket.keepalive.enable": "true"}'`).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class KafkaSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # None means "start a local broker" for `payorch up`; stages refuse to run without it.
+    bootstrap_servers: str | None = None
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["OAUTHBEARER", "PLAIN", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    # Partitions bound the parallelism of one stage; 12 lets up to 12 instances share a
+    # topic while staying cheap on a single local broker.
+    partitions: int = Field(default=12, ge=1, le=1_000)
+    replication_factor: int = Field(default=1, ge=1, le=5)
+    extra: dict[str, str] = Field(default_factory=dict)
+
+    def client_config(self) -> dict[str, str]:
+        if not self.bootstrap_servers:
+            raise RuntimeError("no Kafka bootstrap servers configured (PAYORCH_KAFKA__BOOTSTRAP_SERVERS)")
+        config: dict[str, str] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            config["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            config["sasl.username"] = self.sasl_username
+        if self.sasl_password:
+            config["sasl.password"] = self.sasl_password.get_secret_value()
+        config.update(self.extra)
+        return config
+
+
+class RuntimeSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Up to this many messages are decoded, decided and produced as one unit; large
+    # enough to amortise the flush and commit, small enough to keep latency in ms.
+    batch_max_messages: int = Field(default=500, ge=1, le=10_000)
+    poll_timeout_ms: int = Field(default=50, ge=1, le=5_000)
+    # How often stages with timers (routing's verdict timeout, settlement cycles) run them.
+    tick_interval_ms: int = Field(default=500, ge=10, le=60_000)
+    # Bound on waiting for the broker to acknowledge a batch before the batch is retried.
+    produce_ack_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    producer_linger_ms: int = Field(default=2, ge=0, le=1_000)
+    shutdown_timeout_s: float = Field(default=20.0, gt=0, le=300)
+
+
+class IntakeSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65_535)
+    # A JSON credit transfer is well under 4 KiB; 64 KiB leaves room for long remittance
+    # data while stopping memory abuse. ISO documents may hold many transactions.
+    max_json_body_bytes: int = Field(default=65_536, ge=1_024)
+    max_xml_body_bytes: int = Field(default=5_242_880, ge=1_024)
+    max_transactions_per_document: int = Field(default=1_000, ge=1, le=100_000)
+    publish_timeout_s: float = Field(default=10.0, gt=0, le=120)
+
+
+class ClearingSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Where execution reaches the clearing systems; locally the clearing simulator.
+    base_url: str = "http://127.0.0.1:8090"
+    simulator_host: str = "127.0.0.1"
+    simulator_port: int = Field(default=8090, ge=1, le=65_535)
+    max_concurrent_requests: int = Field(default=64, ge=1, le=1_024)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="PAYORCH_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    region: str = "local-a"
+    topic_template: str = "{tenant}.payments.{stage}.v1"
+    tenants_dir: Path = REPO_ROOT / "tenants"
+    schemas_dir: Path = REPO_ROOT / "schemas"
+    data_dir: Path = REPO_ROOT / "var" / "data"
+    # Restrict a process to some tenants (comma separated); empty means every tenant file.
+    tenants: str = ""
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    kafka: KafkaSettings = KafkaSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
+    intake: IntakeSettings = IntakeSettings()
+    clearing: ClearingSettings = ClearingSettings()
+
+    def tenant_filter(self) -> set[str] | None:
+        names = {name.strip() for name in self.tenants.split(",") if name.strip()}
+        return names or None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,181 @@
+"""Tenant configuration: one YAML file per regional tenant in `tenants/`.
+
+A new tenant or a new rail of a known message family is a new file or a new block in
+one, never new code. Unknown keys are refused so that a typo in a limit cannot silently
+leave the default in force.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from orchestrator.domain import MoneyError, to_minor_units
+
+BankCodeScheme = Literal["aba", "sort_code", "bsb", "ispb", "clabe", "transit", "fast_bank_code"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClearingConfig(_Strict):
+    """How execution reaches the rail's clearing system (locally: its simulator)."""
+
+    # Path on the clearing endpoint; the base URL comes from process settings so the same
+    # tenant file works against a local simulator and a real gateway.
+    endpoint_path: str
+    timeout_ms: int = Field(default=5_000, gt=0, le=60_000)
+    clearing_system_code: str = Field(min_length=2, max_length=5)
+    service_level: str = "INST"
+    local_instrument: str | None = None
+
+
+class SimulatorConfig(_Strict):
+    """Behaviour of the clearing simulator that stands in for the rail locally."""
+
+    latency_ms_p50: int = Field(default=5, ge=0, le=60_000)
+    latency_ms_max: int = Field(default=30, ge=0, le=120_000)
+    reject_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    # Creditor account numbers (or IBANs) the simulated receiving banks do not know:
+    # the simulator rejects them with AC03, which makes FAILED paths reproducible.
+    unknown_creditor_accounts: tuple[str, ...] = ()
+
+
+class SettlementConfig(_Strict):
+    mode: Literal["rtgs", "deferred_net"] = "rtgs"
+    cycle_length_s: int = Field(default=60, gt=0, le=86_400)
+
+
+class RailConfig(_Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{1,31}$")
+    display_name: str
+    currencies: tuple[str, ...]
+    # How the creditor's account is identified on this rail: by IBAN, or by an account
+    # number with a bank code of the given scheme.
+    creditor_account: Literal["iban", "bank_code"]
+    bank_code_scheme: BankCodeScheme | None = None
+    max_amount: Decimal
+    priority: int = 100
+    clearing: ClearingConfig
+    simulator: SimulatorConfig = SimulatorConfig()
+    settlement: SettlementConfig = SettlementConfig()
+
+    @model_validator(mode="after")
+    def _scheme_matches_identification(self) -> "RailConfig":
+        if self.creditor_account == "bank_code" and self.bank_code_scheme is None:
+            raise ValueError(f"rail {self.name}: bank_code rails need bank_code_scheme")
+        return self
+
+
+class WatchlistEntry(_Strict):
+    name: str = Field(min_length=2)
+    list_name: str
+    entry_id: str
+
+
+class SanctionsConfig(_Strict):
+    # Scores are rapidfuzz token-set similarities in 0..100 after normalisation; the
+    # review band sits below the block threshold so near misses reach a person.
+    block_score: float = Field(default=92.0, gt=0, le=100)
+    review_score: float = Field(default=85.0, gt=0, le=100)
+    watchlist: tuple[WatchlistEntry, ...] = ()
+
+    @model_validator(mode="after")
+    def _bands_ordered(self) -> "SanctionsConfig":
+        if self.review_score > self.block_score:
+            raise ValueError("sanctions.review_score must not exceed block_score")
+        return self
+
+
+class FraudConfig(_Strict):
+    max_amount: Decimal
+    review_amount: Decimal
+    velocity_window_s: int = Field(default=60, gt=0, le=86_400)
+    velocity_max_count: int = Field(default=50, gt=0)
+    velocity_max_amount: Decimal
+    block_score: int = Field(default=80, ge=0, le=100)
+    review_score: int = Field(default=50, ge=0, le=100)
+
+
+class FundingConfig(_Strict):
+    """Customer accounts open on first use with this credit line (local default set-up)."""
+
+    open_on_first_use: bool = True
+    credit_limit: Decimal
+
+
+class RoutingConfig(_Strict):
+    verdict_timeout_s: int = Field(default=30, gt=0, le=3_600)
+
+
+class TenantConfig(_Strict):
+    tenant_id: str = Field(pattern=r"^[a-z][a-z0-9]{1,15}$")
+    display_name: str
+    regions: tuple[str, ...] = Field(min_length=1, max_length=2)
+    currencies: tuple[str, ...] = Field(min_length=1)
+    max_amount: Decimal
+    duplicate_window_s: int = Field(default=86_400, gt=0)
+    rails: tuple[RailConfig, ...] = Field(min_length=1)
+    sanctions: SanctionsConfig = SanctionsConfig()
+    fraud: FraudConfig
+    funding: FundingConfig
+    routing: RoutingConfig = RoutingConfig()
+
+    @field_validator("currencies")
+    @classmethod
+    def _currencies_are_iso(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for code in value:
+            try:
+                to_minor_units("1", code)
+            except MoneyError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _rails_cover_currencies(self) -> "TenantConfig":
+        for rail in self.rails:
+            unknown = set(rail.currencies) - set(self.currencies)
+            if unknown:
+                raise ValueError(f"rail {rail.name} uses currencies {sorted(unknown)} the tenant does not allow")
+        return self
+
+    @cached_property
+    def rails_by_name(self) -> dict[str, RailConfig]:
+        return {rail.name: rail for rail in self.rails}
+
+    def limit_minor(self, amount: Decimal, currency: str) -> int:
+        """A configured decimal limit expressed in the currency's minor units."""
+        return to_minor_units(format(amount, "f"), currency) if amount > 0 else 0
+
+
+class TenantConfigError(ValueError):
+    pass
+
+
+def load_tenant_file(path: Path) -> TenantConfig:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise TenantConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise TenantConfigError(f"{path}: expected a mapping at the top level")
+    try:
+        config = TenantConfig.model_validate(raw)
+    except ValueError as exc:
+        raise TenantConfigError(f"{path}: {exc}") from exc
+    if config.tenant_id != path.stem:
+        raise TenantConfigError(f"{path}: tenant_id {config.tenant_id!r} must match the file name")
+    return config
+
+
+def load_tenants(directory: Path) -> dict[str, TenantConfig]:
+    files = sorted(directory.glob("*.yaml"))
+    if not files:
+        raise TenantConfigError(f"no tenant files (*.yaml) in {directory}")
+    return {cfg.tenant_id: cfg for cfg in (load_tenant_file(path) for path in files)}

@@ -1,0 +1,64 @@
+"""Topic names, from one template, and the map of which stage reads which topic."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The stage topics of the flow, in order. Each stage writes exactly one of them.
+STAGE_TOPICS = (
+    "received",
+    "initiated",
+    "screened.sanctions",
+    "screened.fraud",
+    "routed",
+    "executed",
+    "posted",
+    "settled",
+)
+
+# The topic each producing stage writes.
+OUTPUT_TOPIC_OF_STAGE = {
+    "intake": "received",
+    "initiation": "initiated",
+    "sanctions": "screened.sanctions",
+    "fraud": "screened.fraud",
+    "routing": "routed",
+    "execution": "executed",
+    "ledger": "posted",
+    "settlement": "settled",
+}
+
+DLQ_SUFFIX = ".dlq"
+
+
+@dataclass(frozen=True)
+class TopicNamer:
+    template: str = "{tenant}.payments.{stage}.v1"
+
+    def topic(self, tenant: str, stage_topic: str) -> str:
+        if stage_topic not in STAGE_TOPICS:
+            raise ValueError(f"unknown stage topic {stage_topic}")
+        return self.template.format(tenant=tenant, stage=stage_topic)
+
+    def dlq(self, tenant: str, stage_topic: str) -> str:
+        return self.topic(tenant, stage_topic) + DLQ_SUFFIX
+
+    def all_topics(self, tenants: list[str]) -> list[str]:
+        names = []
+        for tenant in tenants:
+            for stage_topic in STAGE_TOPICS:
+                names.append(self.topic(tenant, stage_topic))
+                names.append(self.dlq(tenant, stage_topic))
+        return names
+
+    def parse(self, topic: str) -> tuple[str, str] | None:
+        """(tenant, stage_topic) of a topic made by this template, or None."""
+        prefix, _, rest = self.template.partition("{tenant}")
+        middle, _, suffix = rest.partition("{stage}")
+        if not topic.startswith(prefix) or not topic.endswith(suffix):
+            return None
+        body = topic[len(prefix) : len(topic) - len(suffix) if suffix else None]
+        tenant, sep, stage_topic = body.partition(middle)
+        if not sep or stage_topic not in STAGE_TOPICS:
+            return None
+        return tenant, stage_topic
