@@ -1,0 +1,72 @@
+"""The composition root: settings in, wired stages and ports out.
+
+Nothing else constructs stores, clients or codecs, so a test builds a stage with its
+own settings (a temporary data dir, a test broker) through the same function.
+"""
+
+from __future__ import annotations
+
+from orchestrator.events import EventCodec
+from orchestrator.settings import Settings
+from orchestrator.tenants import TenantConfig, load_tenants
+
+STAGE_NAMES = ("initiation", "sanctions", "fraud", "routing", "execution", "ledger", "settlement", "tracking")
+
+
+def load_configured_tenants(settings: Settings) -> dict[str, TenantConfig]:
+    tenants = load_tenants(settings.tenants_dir)
+    wanted = settings.tenant_filter()
+    if wanted:
+        unknown = wanted - set(tenants)
+        if unknown:
+            raise ValueError(f"PAYORCH_TENANTS names unknown tenants: {sorted(unknown)}")
+        tenants = {tid: cfg for tid, cfg in tenants.items() if tid in wanted}
+    return tenants
+
+
+def make_codec(settings: Settings) -> EventCodec:
+    return EventCodec(settings.schemas_dir)
+
+
+def build_stage(name: str, settings: Settings, tenants: dict[str, TenantConfig], codec: EventCodec):
+    data_dir = settings.data_dir
+    region = settings.region
+    if name == "initiation":
+        from orchestrator.stages.initiation import InitiationStage
+        return InitiationStage(tenants, region, data_dir)
+    if name == "sanctions":
+        from orchestrator.stages.sanctions import SanctionsStage
+        return SanctionsStage(tenants, region)
+    if name == "fraud":
+        from orchestrator.stages.fraud import FraudStage
+        return FraudStage(tenants, region, data_dir)
+    if name == "routing":
+        from orchestrator.stages.routing import RoutingStage
+        return RoutingStage(tenants, region, data_dir, codec)
+    if name == "execution":
+        from adapters.clearing_client import ClearingClient
+        from orchestrator.stages.execution import ExecutionStage
+        client = ClearingClient(settings.clearing.base_url, max_connections=settings.clearing.max_concurrent_requests)
+        return ExecutionStage(tenants, region, client, max_concurrent_requests=settings.clearing.max_concurrent_requests)
+    if name == "ledger":
+        from orchestrator.stages.ledger import LedgerStage
+        return LedgerStage(tenants, region, data_dir, codec)
+    if name == "settlement":
+        from orchestrator.stages.settlement import SettlementStage
+        return SettlementStage(tenants, region, data_dir, codec)
+    if name == "tracking":
+        from orchestrator.stages.tracking import TrackingStage
+        return TrackingStage(tenants, region, data_dir)
+    raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGE_NAMES)}")
+
+
+def run_stage(name: str, settings: Settings, *, instance_id: str = "0") -> None:
+    """Run one stage until SIGTERM/SIGINT: what `payorch run STAGE` and a container do."""
+    from orchestrator.runtime import StageRunner
+
+    tenants = load_configured_tenants(settings)
+    codec = make_codec(settings)
+    handler = build_stage(name, settings, tenants, codec)
+    runner = StageRunner(handler, settings, sorted(tenants), codec, instance_id=instance_id)
+    runner.install_signal_handlers()
+    runner.run()

@@ -1,0 +1,163 @@
+"""`payorch`: the one command operators and containers use."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from orchestrator.bootstrap import STAGE_NAMES
+from orchestrator.logs import configure_logging
+from orchestrator.settings import get_settings
+
+app = typer.Typer(help="payorch: event-driven real-time payment orchestrator", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+topics_app = typer.Typer(help="Kafka topics of every tenant", no_args_is_help=True)
+dlq_app = typer.Typer(help="Dead-letter topics: list, show and replay", no_args_is_help=True)
+app.add_typer(topics_app, name="topics")
+app.add_typer(dlq_app, name="dlq")
+
+
+@app.command()
+def up() -> None:
+    """Run everything on this machine (a local Kafka broker when none is configured)."""
+    from orchestrator.supervisor import Supervisor
+
+    settings = get_settings()
+    configure_logging("supervisor", settings.log_level, "text")
+    raise typer.Exit(Supervisor(settings, echo=lambda line: print(line, flush=True)).run())
+
+
+@app.command()
+def run(stage: Annotated[str, typer.Argument(help=f"one of: {', '.join(STAGE_NAMES)}")],
+        instance: Annotated[str, typer.Option(help="instance id, unique per replica")] = "0") -> None:
+    """Run one stage, as its container does."""
+    from orchestrator.bootstrap import run_stage
+
+    if stage not in STAGE_NAMES:
+        typer.echo(f"unknown stage {stage!r}; stages are {', '.join(STAGE_NAMES)}", err=True)
+        raise typer.Exit(2)
+    settings = get_settings()
+    configure_logging(stage, settings.log_level, settings.log_format)
+    run_stage(stage, settings, instance_id=instance)
+
+
+@app.command()
+def intake() -> None:
+    """Run the REST intake."""
+    import uvicorn
+
+    from orchestrator.bootstrap import load_configured_tenants
+    from orchestrator.intake.app import create_app
+
+    settings = get_settings()
+    configure_logging("intake", settings.log_level, settings.log_format)
+    application = create_app(settings, load_configured_tenants(settings))
+    uvicorn.run(application, host=settings.intake.host, port=settings.intake.port, log_level="warning",
+                access_log=False, timeout_graceful_shutdown=10)
+
+
+@app.command("clearing-sim")
+def clearing_sim() -> None:
+    """Run the CLEARING SIMULATOR (stands in for the rails locally; never in production)."""
+    from adapters.clearing_simulator import run_simulator
+
+    settings = get_settings()
+    configure_logging("clearing-sim", settings.log_level, settings.log_format)
+    run_simulator(settings.clearing.simulator_host, settings.clearing.simulator_port, settings.tenants_dir)
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create every stage and dead-letter topic (partitions and replication from settings)."""
+    from orchestrator.bootstrap import load_configured_tenants
+    from orchestrator.kafka_clients import create_topics
+
+    settings = get_settings()
+    created, existing = create_topics(settings, load_configured_tenants(settings))
+    for name in created:
+        typer.echo(f"created {name}")
+    typer.echo(f"{len(created)} created, {len(existing)} already existed")
+
+
+@topics_app.command("list")
+def topics_list() -> None:
+    """List the payment topics on the broker with their partition counts."""
+    from orchestrator.kafka_clients import make_admin
+
+    metadata = make_admin(get_settings()).list_topics(timeout=10)
+    for name in sorted(metadata.topics):
+        if ".payments." in name:
+            typer.echo(f"{name}\t{len(metadata.topics[name].partitions)} partitions")
+
+
+@dlq_app.command("list")
+def dlq_list() -> None:
+    """Count dead letters by tenant, stage and error class."""
+    from orchestrator.dlq import DeadLetters
+
+    dead = DeadLetters(get_settings())
+    rows = dead.summary()
+    if not rows:
+        typer.echo("no dead letters")
+        return
+    typer.echo(f"{'tenant':8} {'stage':12} {'error class':28} count")
+    for (tenant, stage, error_class), count in sorted(rows.items()):
+        typer.echo(f"{tenant:8} {stage:12} {error_class:28} {count}")
+    typer.echo(f"{sum(rows.values())} dead letters in all")
+
+
+@dlq_app.command("show")
+def dlq_show(ref: Annotated[str, typer.Argument(help="TOPIC:PARTITION:OFFSET or a payment id")]) -> None:
+    """Show dead letters (headers, and the event decoded where it can be)."""
+    from orchestrator.dlq import DeadLetters
+
+    shown = DeadLetters(get_settings()).show(ref, echo=typer.echo)
+    if not shown:
+        typer.echo(f"no dead letter matches {ref}", err=True)
+        raise typer.Exit(1)
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    tenant: Annotated[str | None, typer.Option(help="only this tenant")] = None,
+    stage: Annotated[str | None, typer.Option(help="only dead letters of this stage")] = None,
+    error_class: Annotated[str | None, typer.Option(help="only this error class")] = None,
+    payment_id: Annotated[list[str] | None, typer.Option(help="only these payment ids")] = None,
+    since: Annotated[str | None, typer.Option(help="only dead letters failed at or after (ISO 8601)")] = None,
+    until: Annotated[str | None, typer.Option(help="only dead letters failed before (ISO 8601)")] = None,
+    rate: Annotated[float, typer.Option(help="messages per second at most")] = 200.0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="say what would be replayed, change nothing")] = False,
+) -> None:
+    """Send dead letters back to their origin topic, idempotently."""
+    from orchestrator.dlq import DeadLetters, ReplayFilter
+
+    result = DeadLetters(get_settings()).replay(
+        ReplayFilter(tenant=tenant, stage=stage, error_class=error_class, payment_ids=set(payment_id or ()),
+                     since=since, until=until),
+        rate_per_s=rate, dry_run=dry_run, echo=typer.echo)
+    typer.echo(result.summary_line(dry_run))
+
+
+@app.command()
+def demo(
+    url: Annotated[str, typer.Option(help="intake base URL")] = "http://127.0.0.1:8080",
+    per_tenant: Annotated[int, typer.Option(help="payments per tenant", min=1, max=1_000)] = 3,
+    timeout_s: Annotated[float, typer.Option(help="how long to wait for every payment to end")] = 60.0,
+) -> None:
+    """Send sample payments of every tenant and show each one's journey."""
+    from orchestrator.demo import run_demo
+
+    raise typer.Exit(run_demo(url, per_tenant=per_tenant, timeout_s=timeout_s))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,357 @@
+"""The REST intake: credit transfers in, durable `PaymentReceived` events out.
+
+The intake validates synchronously what a client must fix (shape, amount, currency,
+account formats, the tenant's limits) and answers problem+json; everything that needs
+state or other systems (duplicates, screening, funds, clearing) happens in the stages
+and shows up in the payment's status.
+
+Idempotency: with an `Idempotency-Key`, the payment id is derived from the tenant and
+the key, so even a retry that reaches us after a crash (before the answer was stored)
+publishes the same payment again, which every stage recognises. The stored answer
+detects a key reused with another body (422).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import ORJSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from orchestrator.domain import MoneyError, Payment
+from orchestrator.events import EVENT_ID_NAMESPACE, received_event
+from orchestrator.intake.models import CreditTransferIn
+from orchestrator.intake.problems import Problem
+from orchestrator.intake.publisher import EventPublisher, PublishError
+from orchestrator.kafka_clients import make_producer
+from orchestrator.settings import Settings
+from orchestrator.stages.tracking import TrackingStore
+from orchestrator.storage import open_sqlite
+from orchestrator.tenants import TenantConfig
+from orchestrator.topics import TopicNamer
+from orchestrator.validation import normalise_payment, validate_payment
+
+log = logging.getLogger("payorch.intake")
+
+_IDEMPOTENCY_KEY_MAX_CHARS = 255
+# Readiness asks the broker for metadata at most this often, so probes cannot load it.
+_READINESS_CACHE_S = 1.0
+
+
+class IdempotencyStore:
+    def __init__(self, path: Path) -> None:
+        self.db = open_sqlite(path, fsync_each_commit=False)
+        self.db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS idempotency (
+              tenant_id TEXT NOT NULL, idempotency_key TEXT NOT NULL, body_sha256 TEXT NOT NULL,
+              status_code INTEGER NOT NULL, response BLOB NOT NULL, created_at TEXT NOT NULL,
+              PRIMARY KEY (tenant_id, idempotency_key));
+            CREATE TABLE IF NOT EXISTS accepted_payments (
+              payment_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, end_to_end_id TEXT NOT NULL,
+              received_at TEXT NOT NULL, event_id TEXT NOT NULL);
+            """
+        )
+
+    def lookup(self, tenant_id: str, key: str):
+        return self.db.execute("SELECT * FROM idempotency WHERE tenant_id=? AND idempotency_key=?",
+                               (tenant_id, key)).fetchone()
+
+    def remember(self, tenant_id: str, key: str | None, body_sha256: str, status_code: int, response: dict,
+                 accepted: list[tuple[Payment, str, str]]) -> None:
+        with self.db:
+            self.db.execute("BEGIN")
+            if key is not None:
+                self.db.execute("INSERT OR IGNORE INTO idempotency VALUES (?,?,?,?,?,?)",
+                                (tenant_id, key, body_sha256, status_code, orjson.dumps(response),
+                                 datetime.now(UTC).isoformat()))
+            self.db.executemany("INSERT OR IGNORE INTO accepted_payments VALUES (?,?,?,?,?)",
+                                [(p.payment_id, p.tenant_id, p.end_to_end_id, at, eid) for p, at, eid in accepted])
+
+    def accepted(self, payment_id: str):
+        return self.db.execute("SELECT * FROM accepted_payments WHERE payment_id=?", (payment_id,)).fetchone()
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.received = Counter("payorch_intake_payments_received_total", "Payments accepted (202)",
+                                ["tenant", "channel"], registry=self.registry)
+        self.problems = Counter("payorch_intake_problems_total", "Problem answers by type",
+                                ["type"], registry=self.registry)
+        self.idempotent_replays = Counter("payorch_intake_idempotent_replays_total",
+                                          "Requests answered from the idempotency store", ["tenant"],
+                                          registry=self.registry)
+        self.publish_seconds = Histogram("payorch_intake_publish_seconds", "Time until the broker acknowledged",
+                                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+                                         registry=self.registry)
+
+
+def body_digest(body: bytes, content_type: str) -> str:
+    return hashlib.sha256(content_type.encode() + b"\0" + body).hexdigest()
+
+
+def payment_id_for(tenant_id: str, idempotency_key: str | None) -> str:
+    if idempotency_key is None:
+        return str(uuid.uuid4())
+    return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"idempotency/{tenant_id}/{idempotency_key}"))
+
+
+def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publisher: EventPublisher | None = None) -> FastAPI:
+    metrics = Metrics()
+    namer = TopicNamer(settings.topic_template)
+    state: dict = {"ready_checked_at": 0.0, "ready": False}
+    key_locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        from orchestrator.bootstrap import make_codec
+
+        state["publisher"] = publisher or EventPublisher(make_producer(settings, "payorch-intake"),
+                                                         make_codec(settings), namer)
+        state["idempotency"] = IdempotencyStore(settings.data_dir / "intake.sqlite")
+        state["tracking"] = None
+        yield
+        state["publisher"].close()
+        state["idempotency"].db.close()
+
+    app = FastAPI(title="payorch intake", version="1", lifespan=lifespan, default_response_class=ORJSONResponse)
+
+    def tracking() -> TrackingStore | None:
+        if state["tracking"] is None:
+            path = settings.data_dir / "tracking.sqlite"
+            if not path.exists():
+                return None
+            try:
+                state["tracking"] = TrackingStore(path, read_only=True)
+            except Exception:  # the tracking stage has not created its tables yet
+                return None
+        return state["tracking"]
+
+    def problem_response(problem: Problem, request: Request) -> Response:
+        metrics.problems.labels(problem.kind).inc()
+        return problem.response(instance=str(request.url.path))
+
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem):
+        return problem_response(exc, request)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        return problem_response(Problem("validation-error", "request parameters are invalid",
+                                        errors=_errors(exc.errors())), request)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        kind = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "internal-error")
+        return problem_response(Problem(kind, str(exc.detail)), request)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unexpected error on %s", request.url.path)
+        return problem_response(Problem("internal-error", "an unexpected error occurred; it has been logged"), request)
+
+    def tenant_of(request: Request) -> TenantConfig:
+        tenant_id = request.headers.get("x-tenant-id")
+        if not tenant_id:
+            raise Problem("tenant-required", "send the tenant id in the X-Tenant-Id header")
+        tenant = tenants.get(tenant_id.strip().lower())
+        if tenant is None:
+            raise Problem("unknown-tenant", f"tenant {tenant_id[:32]!r} is not configured here")
+        return tenant
+
+    def idempotency_key_of(request: Request) -> str | None:
+        key = request.headers.get("idempotency-key")
+        if key is None:
+            return None
+        if not key or len(key) > _IDEMPOTENCY_KEY_MAX_CHARS or not key.isprintable():
+            raise Problem("invalid-idempotency-key",
+                          f"Idempotency-Key must be 1..{_IDEMPOTENCY_KEY_MAX_CHARS} printable characters")
+        return key
+
+    async def read_body(request: Request, limit: int) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise Problem("payload-too-large", f"the body exceeds {limit} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise Problem("payload-too-large", f"the body exceeds {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def accept(request: Request, tenant: TenantConfig, key: str | None, digest: str, build) -> Response:
+        """Shared idempotent acceptance: build payments, publish, remember the answer."""
+        lock = key_locks.setdefault((tenant.tenant_id, key), asyncio.Lock()) if key else asyncio.Lock()
+        async with lock:
+            if key is not None:
+                row = state["idempotency"].lookup(tenant.tenant_id, key)
+                if row is not None:
+                    if row["body_sha256"] != digest:
+                        raise Problem("idempotency-key-reused",
+                                      "this Idempotency-Key was already used with a different body")
+                    metrics.idempotent_replays.labels(tenant.tenant_id).inc()
+                    return ORJSONResponse(orjson.loads(row["response"]), status_code=row["status_code"],
+                                          headers={"Idempotent-Replayed": "true"})
+            payments, channel, response_of = build()
+            now = datetime.now(UTC)
+            events = [received_event(p, channel=channel, idempotency_key=key, occurred_at=now, region=settings.region)
+                      for p in payments]
+            started = time.perf_counter()
+            try:
+                await state["publisher"].publish(events, "received", settings.intake.publish_timeout_s)
+            except PublishError as exc:
+                log.error("publish failed: %s", exc, extra={"tenant_id": tenant.tenant_id})
+                raise Problem("broker-unavailable", "the payment was not accepted; retry with the same "
+                              "Idempotency-Key") from None
+            metrics.publish_seconds.observe(time.perf_counter() - started)
+            response = response_of(payments)
+            state["idempotency"].remember(tenant.tenant_id, key, digest, 202, response,
+                                          [(p, now.isoformat(), e.event_id) for p, e in zip(payments, events)])
+            for event in events:
+                metrics.received.labels(tenant.tenant_id, channel).inc()
+                log.info("payment received", extra=event.log_context())
+        if key:
+            key_locks.pop((tenant.tenant_id, key), None)
+        return ORJSONResponse(response, status_code=202, headers={"Location": response.get("links", {}).get("self", "")})
+
+    @app.post("/v1/payments", status_code=202)
+    async def post_payment(request: Request):
+        tenant = tenant_of(request)
+        key = idempotency_key_of(request)
+        content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if content_type not in ("application/json", ""):
+            raise Problem("unsupported-media-type", "send the payment as application/json "
+                          "(ISO 20022 documents go to /v1/payments/iso20022)")
+        body = await read_body(request, settings.intake.max_json_body_bytes)
+        try:
+            raw = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise Problem("malformed-json", f"the body is not valid JSON: {exc}") from None
+        if not isinstance(raw, dict):
+            raise Problem("validation-error", "the body must be a JSON object", errors=[])
+        try:
+            transfer = CreditTransferIn.model_validate(raw)
+        except ValidationError as exc:
+            raise Problem("validation-error", "the payment does not match the credit transfer schema",
+                          errors=_errors(exc.errors())) from None
+
+        def build():
+            payment_id = payment_id_for(tenant.tenant_id, key)
+            try:
+                payment = transfer.to_payment(payment_id, tenant.tenant_id)
+            except MoneyError as exc:
+                raise Problem("payment-invalid", exc.detail, reason_code=exc.reason_code, field="amount") from None
+            payment = normalise_payment(payment)
+            problems = validate_payment(payment, tenant, today=date.today())
+            if problems:
+                first = problems[0]
+                raise Problem("payment-invalid", first.detail, reason_code=first.reason_code.value,
+                              field=first.field,
+                              errors=[{"reason_code": p.reason_code.value, "field": p.field, "detail": p.detail}
+                                      for p in problems])
+            return [payment], "json", lambda ps: _accepted_body(ps[0])
+
+        return await accept(request, tenant, key, body_digest(body, "json"), build)
+
+    @app.post("/v1/payments/iso20022", status_code=202)
+    async def post_iso20022(request: Request):
+        from orchestrator.intake.iso import build_iso_payments
+
+        tenant = tenant_of(request)
+        key = idempotency_key_of(request)
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type not in ("application/xml", "text/xml"):
+            raise Problem("unsupported-media-type", "send the ISO 20022 document as application/xml")
+        body = await read_body(request, settings.intake.max_xml_body_bytes)
+
+        def build():
+            payments = build_iso_payments(body, tenant, settings.intake.max_transactions_per_document)
+            return payments, payments[0].source_format, _accepted_document_body
+
+        return await accept(request, tenant, key, body_digest(body, "xml"), build)
+
+    @app.get("/v1/payments/{payment_id}")
+    async def get_payment(payment_id: str, request: Request):
+        tenant = tenant_of(request)
+        store = tracking()
+        record = store.get(payment_id) if store else None
+        if record is None:
+            accepted = state["idempotency"].accepted(payment_id)
+            if accepted is not None:
+                record = {"payment_id": payment_id, "tenant_id": accepted["tenant_id"], "status": "RECEIVED",
+                          "reason": None, "end_to_end_id": accepted["end_to_end_id"],
+                          "timeline": [{"stage": "intake", "event_type": "PaymentReceived",
+                                        "occurred_at": accepted["received_at"], "event_id": accepted["event_id"],
+                                        "correlation_id": payment_id}]}
+        # Another tenant's payment is indistinguishable from a missing one.
+        if record is None or record["tenant_id"] != tenant.tenant_id:
+            raise Problem("payment-not-found", f"no payment {payment_id[:64]} for tenant {tenant.tenant_id}")
+        record["links"] = {"self": f"/v1/payments/{payment_id}"}
+        return record
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz():
+        now = time.monotonic()
+        if now - state["ready_checked_at"] > _READINESS_CACHE_S:
+            state["ready"] = await asyncio.to_thread(_broker_answers, state["publisher"])
+            state["ready_checked_at"] = now
+        if not state["ready"]:
+            return ORJSONResponse({"status": "unavailable", "broker": "unreachable"}, status_code=503)
+        return {"status": "ready", "broker": "reachable"}
+
+    @app.get("/metrics")
+    async def prometheus_metrics():
+        return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _broker_answers(publisher: EventPublisher) -> bool:
+    try:
+        publisher.producer.list_topics(timeout=1.0)
+        return True
+    except Exception:
+        return False
+
+
+def _accepted_body(payment: Payment) -> dict:
+    return {
+        "payment_id": payment.payment_id,
+        "status": "RECEIVED",
+        "correlation_id": payment.payment_id,
+        "end_to_end_id": payment.end_to_end_id,
+        "links": {"self": f"/v1/payments/{payment.payment_id}"},
+    }
+
+
+def _accepted_document_body(payments: list[Payment]) -> dict:
+    return {
+        "payment_ids": [p.payment_id for p in payments],
+        "status": "RECEIVED",
+        "payments": [_accepted_body(p) for p in payments],
+        "links": {"self": f"/v1/payments/{payments[0].payment_id}"},
+    }
+
+
+def _errors(errors) -> list[dict]:
+    """Pydantic errors without the offending input values (they may hold account data)."""
+    return [{"field": ".".join(str(part) for part in e.get("loc", ()) if part != "body"),
+             "message": e.get("msg", ""), "type": e.get("type", "")} for e in errors]

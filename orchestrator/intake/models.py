@@ -1,0 +1,80 @@
+"""The JSON credit transfer as clients send it, and its mapping to the canonical payment.
+
+Types are strict: an amount must be a decimal string, because a JSON number passes
+through binary floating point in most clients before it reaches us.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+
+from orchestrator.domain import Account, Agent, Party, Payment, to_minor_units
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class AccountIn(_In):
+    iban: StrictStr | None = Field(default=None, max_length=42)
+    number: StrictStr | None = Field(default=None, max_length=34)
+    bank_code: StrictStr | None = Field(default=None, max_length=35)
+
+
+class AgentIn(_In):
+    bic: StrictStr | None = Field(default=None, max_length=11)
+    member_id: StrictStr | None = Field(default=None, max_length=35)
+
+
+class PartyIn(_In):
+    name: StrictStr = Field(min_length=1, max_length=140)
+    account: AccountIn
+    agent: AgentIn | None = None
+    country: StrictStr | None = Field(default=None, pattern=r"^[A-Z]{2}$")
+
+
+class CreditTransferIn(_In):
+    end_to_end_id: StrictStr | None = Field(default=None, min_length=1, max_length=35)
+    amount: StrictStr = Field(min_length=1, max_length=32, description="Decimal string, e.g. \"125.50\"")
+    currency: StrictStr = Field(pattern=r"^[A-Z]{3}$")
+    debtor: PartyIn
+    creditor: PartyIn
+    remittance_information: StrictStr | None = Field(default=None, max_length=140)
+    requested_execution_date: StrictStr | None = None
+    purpose_code: StrictStr | None = Field(default=None, pattern=r"^[A-Z0-9]{1,4}$")
+
+    @field_validator("requested_execution_date")
+    @classmethod
+    def _iso_date(cls, value: str | None) -> str | None:
+        if value is not None:
+            date.fromisoformat(value)
+        return value
+
+    def to_payment(self, payment_id: str, tenant_id: str) -> Payment:
+        """Raises MoneyError (with a reason code) for amounts the currency cannot hold."""
+        amount_minor = to_minor_units(self.amount, self.currency)
+        return Payment(
+            payment_id=payment_id,
+            tenant_id=tenant_id,
+            end_to_end_id=self.end_to_end_id or f"PO{payment_id.replace('-', '')[:26].upper()}",
+            amount_minor=amount_minor,
+            currency=self.currency,
+            debtor=_party(self.debtor),
+            creditor=_party(self.creditor),
+            remittance_information=self.remittance_information,
+            requested_execution_date=self.requested_execution_date,
+            source_format="json",
+            purpose_code=self.purpose_code,
+        )
+
+
+def _party(party: PartyIn) -> Party:
+    agent = party.agent or AgentIn()
+    return Party(
+        name=party.name,
+        account=Account(iban=party.account.iban, number=party.account.number, bank_code=party.account.bank_code),
+        agent=Agent(bic=agent.bic, member_id=agent.member_id),
+        country=party.country,
+    )

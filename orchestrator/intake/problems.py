@@ -1,0 +1,54 @@
+"""RFC 9457 problem details: one stable `type` per kind of error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.responses import ORJSONResponse
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+PROBLEM_TYPE_BASE = "https://payorch.dev/problems/"
+
+# kind -> (HTTP status, title). The kinds are part of the public API: never rename one.
+PROBLEM_KINDS: dict[str, tuple[int, str]] = {
+    "tenant-required": (400, "The X-Tenant-Id header is required"),
+    "unknown-tenant": (400, "The tenant is not known"),
+    "malformed-json": (400, "The body is not valid JSON"),
+    "unsupported-media-type": (415, "Unsupported content type"),
+    "payload-too-large": (413, "The body is too large"),
+    "validation-error": (422, "The payment is not valid"),
+    "payment-invalid": (422, "The payment breaks a business rule"),
+    "idempotency-key-reused": (422, "The Idempotency-Key was used with another body"),
+    "invalid-idempotency-key": (400, "The Idempotency-Key header is not valid"),
+    "payment-not-found": (404, "No such payment"),
+    "not-found": (404, "Not found"),
+    "method-not-allowed": (405, "Method not allowed"),
+    "xml-rejected": (400, "The XML document was refused"),
+    "schema-violation": (422, "The document does not conform to its ISO 20022 schema"),
+    "unsupported-message": (422, "The ISO 20022 message type or version is not supported"),
+    "document-invalid": (422, "The ISO 20022 document is not consistent"),
+    "broker-unavailable": (503, "The payment could not be stored durably; retry with the same Idempotency-Key"),
+    "internal-error": (500, "Internal error"),
+}
+
+
+class Problem(Exception):
+    def __init__(self, kind: str, detail: str, **extensions: Any) -> None:
+        super().__init__(detail)
+        if kind not in PROBLEM_KINDS:
+            raise ValueError(f"unknown problem kind {kind}")
+        self.kind = kind
+        self.detail = detail
+        self.extensions = extensions
+
+    @property
+    def status(self) -> int:
+        return PROBLEM_KINDS[self.kind][0]
+
+    def response(self, instance: str | None = None) -> ORJSONResponse:
+        status, title = PROBLEM_KINDS[self.kind]
+        body = {"type": PROBLEM_TYPE_BASE + self.kind, "title": title, "status": status, "detail": self.detail}
+        if instance:
+            body["instance"] = instance
+        body.update(self.extensions)
+        return ORJSONResponse(body, status_code=status, media_type=PROBLEM_CONTENT_TYPE)

@@ -1,0 +1,79 @@
+"""Publishing received payments from the async intake, acknowledged before we answer.
+
+confluent-kafka delivers acknowledgements on whichever thread polls the producer; one
+background thread polls, and each acknowledgement resolves the asyncio future of the
+request waiting for it. A request gets its 202 only after the broker has the event
+on all in-sync replicas (acks=all).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from orchestrator.events import Event, EventCodec
+from orchestrator.runtime import event_headers
+from orchestrator.topics import TopicNamer
+
+# How long the poll thread blocks per call; it only bounds shutdown latency.
+_POLL_INTERVAL_S = 0.05
+
+
+class PublishError(RuntimeError):
+    pass
+
+
+class EventPublisher:
+    def __init__(self, producer: Producer, codec: EventCodec, namer: TopicNamer) -> None:
+        self.producer = producer
+        self.codec = codec
+        self.namer = namer
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll_loop, name="kafka-poll", daemon=True)
+        self._thread.start()
+
+    def _poll_loop(self) -> None:
+        while not self._stop.is_set():
+            self.producer.poll(_POLL_INTERVAL_S)
+
+    async def publish(self, events: list[Event], stage_topic: str, timeout_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        futures = []
+        for event in events:
+            future: asyncio.Future = loop.create_future()
+
+            def on_delivery(err: KafkaError | None, _msg: Message, future: asyncio.Future = future) -> None:
+                loop.call_soon_threadsafe(_resolve, future, err)
+
+            topic = self.namer.topic(event.tenant_id, stage_topic)
+            value = self.codec.encode(event)
+            headers = event_headers(event, self.codec.writer.version)
+            while True:
+                try:
+                    self.producer.produce(topic, key=event.payment_id.encode(), value=value, headers=headers,
+                                          on_delivery=on_delivery)
+                    break
+                except BufferError:
+                    # Local queue full under a burst: back-pressure the request, not the loop.
+                    await asyncio.sleep(0.01)
+            futures.append(future)
+        try:
+            await asyncio.wait_for(asyncio.gather(*futures), timeout_s)
+        except TimeoutError:
+            raise PublishError(f"broker did not acknowledge within {timeout_s}s") from None
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.producer.flush(timeout_s)
+
+
+def _resolve(future: asyncio.Future, err: KafkaError | None) -> None:
+    if future.done():
+        return
+    if err is None:
+        future.set_result(None)
+    else:
+        future.set_exception(PublishError(str(err)))

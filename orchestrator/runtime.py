@@ -1,0 +1,329 @@
+"""The stage runtime: everything between Kafka and a stage's decision function.
+
+One loop per stage process: consume a batch, drop event types the stage does not
+handle (by header, before decoding), decode, hand the batch to the stage, produce its
+outputs with the idempotent producer, wait until the broker acknowledged all of them,
+and only then commit the consumed offsets. A crash anywhere in between redelivers the
+batch; stages are idempotent and derive output event ids from their causes, so the
+redelivery re-emits identical events that consumers drop as duplicates.
+
+Failures take one of four paths:
+- a business outcome (rejection, hold) is an ordinary output event of the stage;
+- a transient fault inside a stage (a clearing system that does not answer) is retried
+  by the stage within its own bounds, then becomes an outcome event;
+- a poison message (undecodable bytes, unknown schema, or a stage that raised on it)
+  goes to `<topic>.dlq` with its original bytes and headers plus headers that say why;
+- a broker that cannot take our outputs stops the process (non-zero exit) without
+  committing, so the supervisor restarts it and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+
+from orchestrator.events import Event, EventCodec, UndecodableEvent
+from orchestrator.kafka_clients import make_consumer, make_producer
+from orchestrator.settings import Settings
+from orchestrator.topics import DLQ_SUFFIX, OUTPUT_TOPIC_OF_STAGE, TopicNamer
+
+log = logging.getLogger("payorch.runtime")
+
+HEADER_EVENT_TYPE = "event_type"
+HEADER_SCHEMA_VERSION = "schema_version"
+HEADER_CORRELATION_ID = "correlation_id"
+HEADER_TENANT_ID = "tenant_id"
+HEADER_TRACEPARENT = "traceparent"
+
+DLQ_HEADER_PREFIX = "payorch.dlq."
+# Error messages in DLQ headers are cut so a huge exception text cannot bloat a record.
+_DLQ_ERROR_MESSAGE_MAX_CHARS = 2_000
+
+
+class StageHandler(Protocol):
+    """What a stage gives the runtime: a name, its inputs, and its decisions."""
+
+    name: str
+    input_topics: tuple[str, ...]
+    # None means every event type on the input topics.
+    input_event_types: frozenset[str] | None
+
+    def handle_batch(self, events: Sequence[Event], now: datetime) -> list[Event]: ...
+
+    def tick(self, now: datetime) -> list[Event]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class RuntimeStats:
+    consumed: int = 0
+    skipped: int = 0
+    handled: int = 0
+    produced: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    last_batch_ms: float = 0.0
+    started_at: float = field(default_factory=time.monotonic)
+
+
+class ProduceFailed(RuntimeError):
+    """The broker did not acknowledge every output of a batch in time."""
+
+
+def event_headers(event: Event, schema_version: int) -> list[tuple[str, bytes]]:
+    headers = [
+        (HEADER_EVENT_TYPE, event.event_type.encode()),
+        (HEADER_SCHEMA_VERSION, str(schema_version).encode()),
+        (HEADER_CORRELATION_ID, event.correlation_id.encode()),
+        (HEADER_TENANT_ID, event.tenant_id.encode()),
+    ]
+    if event.traceparent:
+        headers.append((HEADER_TRACEPARENT, event.traceparent.encode()))
+    return headers
+
+
+def header_value(message: Message, name: str) -> str | None:
+    for key, value in message.headers() or ():
+        if key == name and value is not None:
+            return value.decode("utf-8", "replace")
+    return None
+
+
+class AckTracker:
+    """Counts delivery reports of one batch so the runtime can wait for all of them."""
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self.errors: list[str] = []
+
+    def callback(self, err: KafkaError | None, _msg: Message) -> None:
+        self.pending -= 1
+        if err is not None:
+            self.errors.append(str(err))
+
+
+def publish(
+    producer: Producer,
+    codec: EventCodec,
+    namer: TopicNamer,
+    events: Sequence[Event],
+    stage_topic: str,
+    ack_timeout_s: float,
+) -> int:
+    """Produce events to their tenant's stage topic and wait for every acknowledgement."""
+    tracker = AckTracker()
+    for event in events:
+        topic = namer.topic(event.tenant_id, stage_topic)
+        _produce(producer, topic, event.payment_id.encode(), codec.encode(event),
+                 event_headers(event, codec.writer.version), tracker)
+    _await_acks(producer, tracker, ack_timeout_s)
+    return len(events)
+
+
+def _produce(producer: Producer, topic: str, key: bytes, value: bytes, headers: list, tracker: AckTracker) -> None:
+    while True:
+        try:
+            producer.produce(topic, key=key, value=value, headers=headers, on_delivery=tracker.callback)
+            tracker.pending += 1
+            return
+        except BufferError:
+            # The local queue is full: serve delivery reports to make room, then retry.
+            producer.poll(0.05)
+
+
+def _await_acks(producer: Producer, tracker: AckTracker, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while tracker.pending > 0:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ProduceFailed(f"{tracker.pending} outputs not acknowledged within {timeout_s}s")
+        producer.flush(min(remaining, 1.0))
+    if tracker.errors:
+        raise ProduceFailed(f"broker refused outputs: {tracker.errors[:3]}")
+
+
+class StageRunner:
+    def __init__(
+        self,
+        handler: StageHandler,
+        settings: Settings,
+        tenants: Sequence[str],
+        codec: EventCodec,
+        *,
+        instance_id: str = "0",
+    ) -> None:
+        self.handler = handler
+        self.settings = settings
+        self.codec = codec
+        self.namer = TopicNamer(settings.topic_template)
+        self.tenants = list(tenants)
+        self.output_topic = OUTPUT_TOPIC_OF_STAGE.get(handler.name)
+        self.stats = RuntimeStats()
+        self._stop = threading.Event()
+        client_id = f"payorch-{handler.name}-{instance_id}"
+        self.consumer: Consumer = make_consumer(settings, f"payorch.{handler.name}", client_id)
+        self.producer: Producer = make_producer(settings, client_id)
+        self.input_topics = [self.namer.topic(t, s) for t in self.tenants for s in handler.input_topics]
+
+    def request_stop(self, *_args: object) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def run(self) -> None:
+        self.consumer.subscribe(self.input_topics)
+        log.info("stage %s consuming %d topics", self.handler.name, len(self.input_topics),
+                 extra={"stage": self.handler.name})
+        tick_interval_s = self.settings.runtime.tick_interval_ms / 1000
+        next_tick = time.monotonic() + tick_interval_s
+        try:
+            while not self._stop.is_set():
+                messages = self.consumer.consume(
+                    num_messages=self.settings.runtime.batch_max_messages,
+                    timeout=self.settings.runtime.poll_timeout_ms / 1000,
+                )
+                if messages:
+                    self.process_batch(messages)
+                if time.monotonic() >= next_tick:
+                    self._run_tick()
+                    next_tick = time.monotonic() + tick_interval_s
+        finally:
+            self.close()
+
+    def _run_tick(self) -> None:
+        outputs = self.handler.tick(datetime.now(UTC))
+        if outputs:
+            self._publish_outputs(outputs)
+
+    def process_batch(self, messages: list[Message]) -> None:
+        started = time.perf_counter()
+        events: list[Event] = []
+        sources: list[Message] = []
+        poison: list[tuple[Message, Exception]] = []
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if error.fatal():
+                    raise RuntimeError(f"fatal consumer error: {error}")
+                log.warning("consumer error: %s", error, extra={"stage": self.handler.name})
+                continue
+            self.stats.consumed += 1
+            wanted = self.handler.input_event_types
+            if wanted is not None and header_value(message, HEADER_EVENT_TYPE) not in wanted:
+                self.stats.skipped += 1
+                continue
+            try:
+                events.append(self.codec.decode(message.value() or b""))
+                sources.append(message)
+            except UndecodableEvent as exc:
+                poison.append((message, exc))
+
+        outputs = self._decide(events, sources, poison)
+        if poison:
+            self._dead_letter(poison)
+        if outputs:
+            self._publish_outputs(outputs)
+        self._commit(messages)
+        self.stats.handled += len(events)
+        self.stats.batches += 1
+        self.stats.last_batch_ms = (time.perf_counter() - started) * 1000
+
+    def _decide(self, events: list[Event], sources: list[Message], poison: list) -> list[Event]:
+        if not events:
+            return []
+        now = datetime.now(UTC)
+        try:
+            return self.handler.handle_batch(events, now)
+        except Exception:
+            log.exception("stage %s failed on a batch of %d; isolating the failing events",
+                          self.handler.name, len(events), extra={"stage": self.handler.name})
+        # Handle one by one so one bad event cannot hold back the rest of the batch.
+        outputs: list[Event] = []
+        for event, message in zip(events, sources, strict=True):
+            try:
+                outputs.extend(self.handler.handle_batch([event], now))
+            except Exception as exc:  # a failed invariant or a bug: dead-letter, loudly
+                log.error("stage %s cannot handle event: %r", self.handler.name, exc,
+                          extra={**event.log_context(), "stage": self.handler.name, "error_class": type(exc).__name__})
+                poison.append((message, exc))
+        return outputs
+
+    def _publish_outputs(self, outputs: list[Event]) -> None:
+        if self.output_topic is None:
+            raise RuntimeError(f"stage {self.handler.name} produced events but has no output topic")
+        self.stats.produced += publish(
+            self.producer, self.codec, self.namer, outputs, self.output_topic,
+            self.settings.runtime.produce_ack_timeout_s,
+        )
+
+    def _dead_letter(self, poison: list[tuple[Message, Exception]]) -> None:
+        tracker = AckTracker()
+        failed_at = datetime.now(UTC).isoformat()
+        for message, exc in poison:
+            headers = list(message.headers() or [])
+            headers += [
+                (DLQ_HEADER_PREFIX + "origin_topic", message.topic().encode()),
+                (DLQ_HEADER_PREFIX + "origin_partition", str(message.partition()).encode()),
+                (DLQ_HEADER_PREFIX + "origin_offset", str(message.offset()).encode()),
+                (DLQ_HEADER_PREFIX + "stage", self.handler.name.encode()),
+                (DLQ_HEADER_PREFIX + "error_class", type(exc).__name__.encode()),
+                (DLQ_HEADER_PREFIX + "error_message", str(exc)[:_DLQ_ERROR_MESSAGE_MAX_CHARS].encode()),
+                (DLQ_HEADER_PREFIX + "attempts", b"1"),
+                (DLQ_HEADER_PREFIX + "failed_at", failed_at.encode()),
+            ]
+            log.error("dead-lettering message: %s", exc, extra={
+                "stage": self.handler.name, "topic": message.topic(), "partition": message.partition(),
+                "offset": message.offset(), "error_class": type(exc).__name__,
+                "correlation_id": header_value(message, HEADER_CORRELATION_ID),
+                "tenant_id": header_value(message, HEADER_TENANT_ID),
+            })
+            # Original key and bytes go untouched so a replay is the same message.
+            _produce(self.producer, message.topic() + DLQ_SUFFIX, message.key(), message.value(), headers, tracker)
+        _await_acks(self.producer, tracker, self.settings.runtime.produce_ack_timeout_s)
+        self.stats.dead_lettered += len(poison)
+
+    def _commit(self, messages: list[Message]) -> None:
+        next_offsets: dict[tuple[str, int], int] = {}
+        for message in messages:
+            if message.error() is None:
+                key = (message.topic(), message.partition())
+                next_offsets[key] = max(next_offsets.get(key, 0), message.offset() + 1)
+        if not next_offsets:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except Exception as exc:
+            # Typically a rebalance took the partitions away: the new owner re-reads the
+            # batch and, stages being idempotent, re-emits identical events.
+            log.warning("offset commit failed: %s", exc, extra={"stage": self.handler.name})
+
+    def close(self) -> None:
+        try:
+            self.producer.flush(self.settings.runtime.shutdown_timeout_s)
+        finally:
+            try:
+                self.consumer.close()
+            finally:
+                self.handler.close()
+        log.info("stage %s stopped: consumed=%d handled=%d produced=%d dead_lettered=%d",
+                 self.handler.name, self.stats.consumed, self.stats.handled, self.stats.produced,
+                 self.stats.dead_lettered, extra={"stage": self.handler.name})
+
+
+def format_exception(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()

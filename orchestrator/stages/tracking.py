@@ -1,0 +1,160 @@
+"""Tracking: every event of every payment, as a status and a timeline.
+
+The tracking stage is the only writer of the tracking store; the intake reads it to
+answer `GET /v1/payments/{id}`. Events are keyed by event id, so redeliveries and
+re-emitted events leave the timeline unchanged. Status only moves forward, and a
+terminal status (SETTLED, REJECTED, FAILED) is never replaced, whatever order the
+topics deliver in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+import orjson
+
+from orchestrator.events import Event
+from orchestrator.stages.base import Stage
+from orchestrator.storage import open_sqlite, transaction
+from orchestrator.topics import STAGE_TOPICS
+
+STATUS_OF_EVENT = {
+    "PaymentReceived": "RECEIVED",
+    "PaymentInitiated": "INITIATED",
+    "SanctionsScreened": "SCREENED",
+    "FraudScored": "SCREENED",
+    "PaymentHeld": "HELD",
+    "PaymentRouted": "ROUTED",
+    "PaymentExecuted": "EXECUTED",
+    "PaymentSettled": "SETTLED",
+    "PaymentRejected": "REJECTED",
+    "PaymentFailed": "FAILED",
+}
+STATUS_RANK = {"RECEIVED": 0, "INITIATED": 1, "SCREENED": 2, "HELD": 3, "ROUTED": 4, "EXECUTED": 5,
+               "SETTLED": 6, "REJECTED": 6, "FAILED": 6}
+TERMINAL_STATUSES = frozenset({"SETTLED", "REJECTED", "FAILED"})
+
+# Payload fields shown in the timeline: business facts, never account data.
+_TIMELINE_DETAIL_FIELDS = ("reason_code", "iso_reason_code", "reason_detail", "outcome", "best_score", "score",
+                           "rules_triggered", "rail", "clearing_status", "cycle_id", "settlement_mode",
+                           "amount_minor", "matched_list", "matched_entry_id")
+
+
+def next_status(current: str | None, event_type: str) -> str | None:
+    """The status after `event_type`, or None when the event does not change it (pure)."""
+    new = STATUS_OF_EVENT.get(event_type)
+    if new is None:
+        return None
+    if current is None:
+        return new
+    if current in TERMINAL_STATUSES:
+        return None
+    if new in TERMINAL_STATUSES or STATUS_RANK[new] > STATUS_RANK[current]:
+        return new
+    return None
+
+
+class TrackingStore:
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        if not read_only:
+            self.db = open_sqlite(path)
+            self.db.executescript(
+                """
+                CREATE TABLE IF NOT EXISTS payments (
+                  payment_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, status TEXT NOT NULL,
+                  reason_code TEXT, iso_reason_code TEXT, reason_detail TEXT,
+                  end_to_end_id TEXT, amount_minor INTEGER, currency TEXT,
+                  updated_at TEXT NOT NULL);
+                CREATE TABLE IF NOT EXISTS timeline (
+                  event_id TEXT PRIMARY KEY, payment_id TEXT NOT NULL, stage TEXT NOT NULL,
+                  event_type TEXT NOT NULL, occurred_at TEXT NOT NULL, correlation_id TEXT NOT NULL,
+                  causation_id TEXT, region TEXT NOT NULL, details TEXT NOT NULL);
+                CREATE INDEX IF NOT EXISTS timeline_by_payment ON timeline (payment_id, occurred_at);
+                CREATE INDEX IF NOT EXISTS payments_by_status ON payments (tenant_id, status);
+                """
+            )
+        else:
+            self.db = open_sqlite(path, read_only=True)
+
+    def record(self, events: Sequence[Event]) -> None:
+        with transaction(self.db):
+            for event in events:
+                details = {k: event.payload[k] for k in _TIMELINE_DETAIL_FIELDS if event.payload.get(k) is not None}
+                inserted = self.db.execute(
+                    "INSERT OR IGNORE INTO timeline VALUES (?,?,?,?,?,?,?,?,?)",
+                    (event.event_id, event.payment_id, event.stage, event.event_type,
+                     event.occurred_at.isoformat(), event.correlation_id, event.causation_id, event.region,
+                     orjson.dumps(details, default=str).decode()),
+                ).rowcount
+                if not inserted:
+                    continue
+                row = self.db.execute("SELECT status FROM payments WHERE payment_id=?", (event.payment_id,)).fetchone()
+                status = next_status(row["status"] if row else None, event.event_type)
+                if status is None:
+                    continue
+                reason = (event.payload.get("reason_code"), event.payload.get("iso_reason_code"),
+                          event.payload.get("reason_detail")) if status in ("REJECTED", "FAILED", "HELD") else (None, None, None)
+                payment = event.payment
+                self.db.execute(
+                    "INSERT INTO payments VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (payment_id) DO UPDATE SET"
+                    " status=excluded.status, reason_code=excluded.reason_code,"
+                    " iso_reason_code=excluded.iso_reason_code, reason_detail=excluded.reason_detail,"
+                    " updated_at=excluded.updated_at",
+                    (event.payment_id, event.tenant_id, status, *reason, payment.end_to_end_id,
+                     payment.amount_minor, payment.currency, event.occurred_at.isoformat()),
+                )
+
+    def get(self, payment_id: str) -> dict | None:
+        row = self.db.execute("SELECT * FROM payments WHERE payment_id=?", (payment_id,)).fetchone()
+        if row is None:
+            return None
+        timeline = [
+            {
+                "stage": t["stage"], "event_type": t["event_type"], "occurred_at": t["occurred_at"],
+                "event_id": t["event_id"], "correlation_id": t["correlation_id"], "causation_id": t["causation_id"],
+                "region": t["region"], **orjson.loads(t["details"]),
+            }
+            for t in self.db.execute("SELECT * FROM timeline WHERE payment_id=? ORDER BY occurred_at, rowid",
+                                     (payment_id,))
+        ]
+        reason = None
+        if row["reason_code"]:
+            reason = {"code": row["reason_code"], "iso_code": row["iso_reason_code"], "detail": row["reason_detail"]}
+        return {"payment_id": row["payment_id"], "tenant_id": row["tenant_id"], "status": row["status"],
+                "reason": reason, "end_to_end_id": row["end_to_end_id"], "timeline": timeline}
+
+    def status_counts(self, payment_ids: Sequence[str] | None = None) -> dict[str, int]:
+        if payment_ids is None:
+            rows = self.db.execute("SELECT status, count(*) AS n FROM payments GROUP BY status")
+            return {r["status"]: r["n"] for r in rows}
+        counts: dict[str, int] = {}
+        ids = list(payment_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for r in self.db.execute(f"SELECT status, count(*) AS n FROM payments WHERE payment_id IN ({marks})"
+                                     " GROUP BY status", chunk):
+                counts[r["status"]] = counts.get(r["status"], 0) + r["n"]
+        return counts
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class TrackingStage(Stage):
+    name = "tracking"
+    input_topics = STAGE_TOPICS
+    input_event_types = None
+
+    def __init__(self, tenants, region: str, data_dir: Path) -> None:
+        super().__init__(tenants, region)
+        self.store = TrackingStore(data_dir / "tracking.sqlite")
+
+    def handle_batch(self, events: Sequence[Event], now: datetime) -> list[Event]:
+        self.store.record(events)
+        return []
+
+    def close(self) -> None:
+        self.store.close()

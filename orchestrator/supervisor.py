@@ -1,0 +1,183 @@
+"""`payorch up`: the whole product on one machine, each stage its own OS process.
+
+The supervisor starts a local Kafka broker when none is configured, creates the topics,
+starts the clearing simulator, every stage and the intake as child processes (the same
+`payorch run STAGE` command a container runs), restarts a child that dies (with a
+growing delay, so a crash loop cannot spin the CPU), and on Ctrl-C or SIGTERM stops the
+intake first, then the stages, then the broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from orchestrator.bootstrap import STAGE_NAMES, load_configured_tenants
+from orchestrator.kafka_clients import create_topics
+from orchestrator.settings import REPO_ROOT, Settings
+
+log = logging.getLogger("payorch.supervisor")
+
+RESTART_DELAY_S_MIN = 1.0
+RESTART_DELAY_S_MAX = 30.0
+# A child that stayed up this long is considered healthy again: its next crash restarts fast.
+HEALTHY_UPTIME_S = 60.0
+INTAKE_READY_TIMEOUT_S = 120.0
+CHILD_STOP_TIMEOUT_S = 20.0
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    log_path: Path
+    process: subprocess.Popen | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    restart_delay_s: float = RESTART_DELAY_S_MIN
+    next_start_at: float = 0.0
+    log_file: object = field(default=None, repr=False)
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, *, echo=print) -> None:
+        self.settings = settings
+        self.echo = echo
+        self.children: list[Child] = []
+        self.local_kafka = None
+        self.stopping = False
+        self.log_dir = settings.data_dir.parent / "logs"
+
+    def _env(self, bootstrap: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PAYORCH_KAFKA__BOOTSTRAP_SERVERS"] = bootstrap
+        env["PAYORCH_DATA_DIR"] = str(self.settings.data_dir)
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def start_broker(self) -> str:
+        if self.settings.kafka.bootstrap_servers:
+            self.echo(f"using Kafka at {self.settings.kafka.bootstrap_servers}")
+            return self.settings.kafka.bootstrap_servers
+        from orchestrator.kafka_local import LocalKafka, ensure_kafka_jars
+
+        self.echo("no Kafka configured: starting a local Apache Kafka broker (KRaft) ...")
+        ensure_kafka_jars(REPO_ROOT)
+        self.local_kafka = LocalKafka(data_dir=self.settings.data_dir.parent / "kafka",
+                                      log_dir=self.log_dir)
+        bootstrap = self.local_kafka.start()
+        self.echo(f"local Kafka ready at {bootstrap}")
+        return bootstrap
+
+    def plan_children(self) -> None:
+        python = sys.executable
+        cli = [python, "-m", "orchestrator.cli"]
+        self.children = [Child("clearing-sim", [*cli, "clearing-sim"], self.log_dir / "clearing-sim.log")]
+        self.children += [Child(stage, [*cli, "run", stage], self.log_dir / f"{stage}.log") for stage in STAGE_NAMES]
+        self.children.append(Child("intake", [*cli, "intake"], self.log_dir / "intake.log"))
+
+    def _spawn(self, child: Child, env: dict[str, str]) -> None:
+        if child.log_file is None:
+            child.log_file = open(child.log_path, "ab", buffering=0)  # noqa: SIM115 - lives with the child
+        child.process = subprocess.Popen(child.argv, env=env, stdout=child.log_file, stderr=subprocess.STDOUT,
+                                         cwd=REPO_ROOT, start_new_session=True)
+        child.started_at = time.monotonic()
+
+    def run(self) -> int:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        try:
+            bootstrap = self.start_broker()
+            settings = self.settings.model_copy(update={"kafka": self.settings.kafka.model_copy(
+                update={"bootstrap_servers": bootstrap})})
+            tenants = load_configured_tenants(settings)
+            created, existing = create_topics(settings, tenants)
+            self.echo(f"topics: {len(created)} created, {len(existing)} already there, for tenants "
+                      f"{', '.join(sorted(tenants))}")
+            env = self._env(bootstrap)
+            self.plan_children()
+            for child in self.children:
+                self._spawn(child, env)
+            self.echo(f"started {len(self.children)} processes; logs in {self.log_dir}")
+            self._wait_for_intake()
+            intake_url = f"http://{settings.intake.host}:{settings.intake.port}"
+            self.echo(f"ready: intake on {intake_url} (POST /v1/payments with X-Tenant-Id), Ctrl-C to stop")
+            self._monitor(env)
+        finally:
+            self.shutdown()
+        return 0
+
+    def _on_signal(self, *_args: object) -> None:
+        self.stopping = True
+
+    def _wait_for_intake(self) -> None:
+        url = f"http://{self.settings.intake.host}:{self.settings.intake.port}/readyz"
+        deadline = time.monotonic() + INTAKE_READY_TIMEOUT_S
+        while not self.stopping:
+            try:
+                if httpx.get(url, timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            intake = self.children[-1]
+            if intake.process and intake.process.poll() is not None and intake.restarts == 0:
+                self.echo(f"intake exited with {intake.process.returncode}; see {intake.log_path}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"intake did not become ready within {INTAKE_READY_TIMEOUT_S}s; see {self.log_dir}")
+            time.sleep(0.2)
+
+    def _monitor(self, env: dict[str, str]) -> None:
+        while not self.stopping:
+            now = time.monotonic()
+            for child in self.children:
+                process = child.process
+                if process is not None and process.poll() is None:
+                    continue
+                if process is not None:
+                    code = process.returncode
+                    uptime = now - child.started_at
+                    if uptime > HEALTHY_UPTIME_S:
+                        child.restart_delay_s = RESTART_DELAY_S_MIN
+                    child.next_start_at = now + child.restart_delay_s
+                    self.echo(f"{child.name} exited with {code} after {uptime:.1f}s; restarting in "
+                              f"{child.restart_delay_s:.0f}s (log: {child.log_path})")
+                    child.restart_delay_s = min(RESTART_DELAY_S_MAX, child.restart_delay_s * 2)
+                    child.process = None
+                if now >= child.next_start_at:
+                    child.restarts += 1
+                    self._spawn(child, env)
+            time.sleep(0.25)
+
+    def shutdown(self) -> None:
+        self.stopping = True
+        # Intake first (no new payments), then the stages drain and commit, then the broker.
+        for group in (["intake"], [*STAGE_NAMES, "clearing-sim"]):
+            members = [c for c in self.children if c.name in group and c.process and c.process.poll() is None]
+            for child in members:
+                child.process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + CHILD_STOP_TIMEOUT_S
+            for child in members:
+                try:
+                    child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    child.process.kill()
+                    child.process.wait()
+        for child in self.children:
+            if child.log_file is not None:
+                child.log_file.close()
+                child.log_file = None
+        if self.local_kafka is not None:
+            self.echo("stopping local Kafka ...")
+            self.local_kafka.stop()
+            self.local_kafka = None
+        self.echo("stopped")

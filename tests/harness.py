@@ -1,0 +1,150 @@
+"""Test harness: the real processes of the product, started the way operators start them.
+
+`System` runs the clearing simulator, every stage and the intake as separate OS
+processes (`python -m orchestrator.cli run STAGE` ...) against the session's real Kafka
+broker, each test system with its own topic names and data directory so tests cannot
+see each other's payments. Tests may SIGKILL, SIGSTOP and restart any process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+from orchestrator.bootstrap import STAGE_NAMES
+from orchestrator.settings import REPO_ROOT, Settings
+
+PROCESS_READY_TIMEOUT_S = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class System:
+    def __init__(self, bootstrap: str, work_dir: Path, *, extra_env: dict[str, str] | None = None) -> None:
+        self.run_id = uuid.uuid4().hex[:8]
+        self.work_dir = work_dir
+        self.data_dir = work_dir / "data"
+        self.log_dir = work_dir / "logs"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.intake_port = free_port()
+        self.sim_port = free_port()
+        self.env = dict(os.environ)
+        self.env.update({
+            "PAYORCH_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+            "PAYORCH_TOPIC_TEMPLATE": "{tenant}.payments.{stage}.t" + self.run_id,
+            "PAYORCH_DATA_DIR": str(self.data_dir),
+            "PAYORCH_INTAKE__PORT": str(self.intake_port),
+            "PAYORCH_CLEARING__SIMULATOR_PORT": str(self.sim_port),
+            "PAYORCH_CLEARING__BASE_URL": f"http://127.0.0.1:{self.sim_port}",
+            "PAYORCH_KAFKA__PARTITIONS": "6",
+            "PYTHONUNBUFFERED": "1",
+        })
+        self.env.update(extra_env or {})
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.base_url = f"http://127.0.0.1:{self.intake_port}"
+        self.sim_url = f"http://127.0.0.1:{self.sim_port}"
+
+    def settings(self) -> Settings:
+        """Settings as the child processes see them (built from the same environment)."""
+        saved = dict(os.environ)
+        try:
+            os.environ.update({k: v for k, v in self.env.items() if k.startswith("PAYORCH_")})
+            return Settings()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+    def cli(self, *args: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], env=self.env, cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=timeout_s)
+
+    def start(self, name: str) -> None:
+        args = {"intake": ["intake"], "clearing-sim": ["clearing-sim"]}.get(name, ["run", name])
+        log_file = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+        self.processes[name] = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", *args], env=self.env, cwd=REPO_ROOT,
+            stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        log_file.close()
+
+    def start_all(self) -> None:
+        result = self.cli("topics", "create")
+        assert result.returncode == 0, result.stderr
+        self.start("clearing-sim")
+        for stage in STAGE_NAMES:
+            self.start(stage)
+        self.start("intake")
+        self.wait_http(f"{self.sim_url}/healthz")
+        self.wait_http(f"{self.base_url}/readyz")
+
+    def wait_http(self, url: str, timeout_s: float = PROCESS_READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url, timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"{url} did not answer within {timeout_s}s; logs in {self.log_dir}")
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        process = self.processes[name]
+        process.send_signal(sig)
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            process.wait(timeout=30)
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGCONT)
+                process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        path = self.log_dir / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    # --- public API helpers -------------------------------------------------
+
+    def post(self, tenant: str, body: dict, *, key: str | None = None, client: httpx.Client | None = None):
+        headers = {"X-Tenant-Id": tenant}
+        if key:
+            headers["Idempotency-Key"] = key
+        return (client or httpx).post(f"{self.base_url}/v1/payments", json=body, headers=headers, timeout=30)
+
+    def get(self, tenant: str, payment_id: str, client: httpx.Client | None = None):
+        return (client or httpx).get(f"{self.base_url}/v1/payments/{payment_id}", headers={"X-Tenant-Id": tenant},
+                                     timeout=30)
+
+    def wait_terminal(self, tenant_of: dict[str, str], timeout_s: float = 60.0) -> dict[str, dict]:
+        """Poll until every payment id (-> tenant) has a terminal status; returns the records."""
+        done: dict[str, dict] = {}
+        deadline = time.monotonic() + timeout_s
+        with httpx.Client() as client:
+            while time.monotonic() < deadline and len(done) < len(tenant_of):
+                for payment_id, tenant in tenant_of.items():
+                    if payment_id in done:
+                        continue
+                    answer = self.get(tenant, payment_id, client)
+                    if answer.status_code == 200 and answer.json()["status"] in ("SETTLED", "REJECTED", "FAILED"):
+                        done[payment_id] = answer.json()
+                if len(done) < len(tenant_of):
+                    time.sleep(0.25)
+        return done
