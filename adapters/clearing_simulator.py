@@ -1,0 +1,564 @@
+"""CLEARING SIMULATOR: a local stand-in for FedNow, RTP, SEPA Inst, FPS, PIX, SPEI, NPP, FAST.
+
+THIS IS NOT A CLEARING SYSTEM. It exists so that the orchestrator can be run and
+tested end to end on one machine: it accepts pacs.008.001.08 credit transfers over
+HTTP and answers pacs.002.001.12 status reports the way an instant-payment rail would,
+with configurable latency, rejects and outages. It must never be pointed at by a
+production deployment, and it has no authentication (its admin endpoints change its
+behaviour for tests).
+
+Per rail (rails come from the tenant files; a rail name is unique across tenants):
+
+POST /rails/{rail}/pacs008          body application/xml, one pacs.008.001.08
+    hardened parse, XSD validation and group header checks, then the rail's rules per
+    transaction, then after a simulated latency a pacs.002:
+      ACSC  accepted and settled
+      RJCT  AM03 currency not carried by the rail, AM02 amount above the rail maximum,
+            AC01 creditor account of the wrong kind (IBAN vs account number),
+            RC01 creditor bank without a bank code on a bank-code rail,
+            AC03 creditor account in simulator.unknown_creditor_accounts,
+            AC04/AC06/AG01/RR04 drawn at random with probability reject_rate,
+            DUPL the same UETR twice in one message.
+    A transaction whose UETR was already answered is answered again from memory
+    (never settled twice); a message all of whose transactions were answered by one
+    earlier report gets that report's exact bytes back. A malformed message gets 400
+    with a pacs.002 RJCT (FF01; AM18/AM16 for count/sum mismatches; FF01 for a message
+    addressed to another clearing system) when its MsgId can be read, else 400
+    application/problem+json. During an outage: 503 with Retry-After.
+POST /admin/rails/{rail}/outage     {"seconds": N}: answer 503 for N seconds (0 ends it)
+POST /admin/rails/{rail}/behaviour  {"latency_ms_p50", "latency_ms_max", "reject_rate",
+                                     "unknown_creditor_accounts"}: override at runtime
+GET  /rails/{rail}/report?since=ISO-8601  settled transactions, for reconciliation
+GET  /healthz
+
+State lives in memory and is bounded: the last `max_transactions` answered
+transactions (an OrderedDict, oldest evicted first) and the last `max_responses`
+report documents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse, Response
+from lxml import etree
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.domain import to_minor_units
+from orchestrator.tenants import RailConfig, TenantConfig, load_tenants
+
+from adapters.iso20022 import schemas
+from adapters.iso20022.errors import IsoDocumentError
+from adapters.iso20022.pacs002 import TransactionStatus, build_pacs002
+from adapters.iso20022.pacs008 import MESSAGE_VERSION as PACS008_VERSION
+from adapters.iso20022.pacs008 import Pacs008Transaction, ParsedPacs008, parse_pacs008_root
+from adapters.iso20022.secure_xml import DEFAULT_MAX_DOCUMENT_BYTES, parse_untrusted
+
+__all__ = ["ClearingSimulator", "create_simulator_app", "run_simulator"]
+
+log = logging.getLogger("payorch.clearing_simulator")
+
+DEFAULT_MAX_TRANSACTIONS = 1_000_000
+DEFAULT_MAX_RESPONSES = 100_000
+# Parse bodies larger than this in a worker thread so one big batch cannot stall the
+# event loop (and with it every other rail's latency timers).
+_INLINE_PARSE_MAX_BYTES = 64 * 1024
+# Reasons for the random, reject_rate-driven rejections: creditor-side refusals a
+# receiving bank can give for an otherwise well-formed instant payment.
+RANDOM_REJECT_REASONS = ("AC04", "AC06", "AG01", "RR04")
+_XML_MEDIA_TYPE = "application/xml"
+_PROBLEM_MEDIA_TYPE = "application/problem+json"
+_MAX35 = 35
+_GROUP_REASONS = {"transaction-count-mismatch": "AM18", "control-sum-mismatch": "AM16"}
+
+
+@dataclass(slots=True)
+class RailBehaviour:
+    latency_ms_p50: int
+    latency_ms_max: int
+    reject_rate: float
+    unknown_creditor_accounts: frozenset[str]
+
+
+@dataclass(slots=True)
+class TransactionRecord:
+    """One answered transaction, kept for idempotent replies and the report."""
+
+    key: str
+    rail: str
+    uetr: str | None
+    end_to_end_id: str
+    transaction_id: str | None
+    amount_minor: int
+    currency: str
+    status: TransactionStatus
+    original_message_id: str
+    response_message_id: str
+    settled_at: datetime | None
+
+
+@dataclass(slots=True)
+class _StoredResponse:
+    keys: tuple[str | None, ...]
+    document: bytes
+
+
+@dataclass(slots=True)
+class _RailState:
+    tenant_id: str
+    config: RailConfig
+    behaviour: RailBehaviour
+    outage_until_monotonic_s: float = 0.0
+    max_amount_minor: dict[str, int] = field(default_factory=dict)
+
+
+class BehaviourOverride(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    latency_ms_p50: int | None = Field(default=None, ge=0, le=60_000)
+    latency_ms_max: int | None = Field(default=None, ge=0, le=120_000)
+    reject_rate: float | None = Field(default=None, ge=0.0, le=1.0)
+    unknown_creditor_accounts: list[str] | None = None
+
+
+class OutageRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seconds: float = Field(ge=0, le=86_400)
+
+
+def _problem(status: int, problem_type: str, title: str, detail: str, **extra: Any) -> JSONResponse:
+    body = {"type": problem_type, "title": title, "status": status, "detail": detail}
+    headers = extra.pop("headers", None)
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return JSONResponse(body, status_code=status, media_type=_PROBLEM_MEDIA_TYPE, headers=headers)
+
+
+class ClearingSimulator:
+    """The CLEARING SIMULATOR's state and rules, independent of HTTP."""
+
+    def __init__(
+        self,
+        tenants: Mapping[str, TenantConfig],
+        *,
+        seed: int | None = None,
+        max_transactions: int = DEFAULT_MAX_TRANSACTIONS,
+        max_responses: int = DEFAULT_MAX_RESPONSES,
+        max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES,
+    ) -> None:
+        self._rng = random.Random(seed)
+        self.max_transactions = max_transactions
+        self.max_responses = max_responses
+        self.max_document_bytes = max_document_bytes
+        self.rails: dict[str, _RailState] = {}
+        for tenant in tenants.values():
+            for rail in tenant.rails:
+                if rail.name in self.rails:
+                    raise ValueError(
+                        f"rail name {rail.name!r} is used by tenants {self.rails[rail.name].tenant_id!r} and "
+                        f"{tenant.tenant_id!r}; the clearing simulator needs rail names unique across tenants"
+                    )
+                sim = rail.simulator
+                state = _RailState(
+                    tenant_id=tenant.tenant_id,
+                    config=rail,
+                    behaviour=RailBehaviour(
+                        latency_ms_p50=sim.latency_ms_p50,
+                        latency_ms_max=sim.latency_ms_max,
+                        reject_rate=sim.reject_rate,
+                        unknown_creditor_accounts=frozenset(sim.unknown_creditor_accounts),
+                    ),
+                )
+                for currency in rail.currencies:
+                    state.max_amount_minor[currency] = to_minor_units(format(rail.max_amount, "f"), currency)
+                self.rails[rail.name] = state
+        self._records: OrderedDict[str, TransactionRecord] = OrderedDict()
+        self._responses: OrderedDict[str, _StoredResponse] = OrderedDict()
+        self._inflight: dict[str, asyncio.Future[TransactionRecord]] = {}
+
+    # -- behaviour ----------------------------------------------------------------
+
+    def latency_s(self, behaviour: RailBehaviour) -> float:
+        """A latency in [0, max] whose median is p50: uniform below the median, and a
+        long tail (cubic) above it, like a real rail's mostly-fast, sometimes-slow answers."""
+        high_ms = max(behaviour.latency_ms_max, 0)
+        median_ms = min(behaviour.latency_ms_p50, high_ms)
+        draw = self._rng.random()
+        if draw < 0.5:
+            latency_ms = median_ms * (draw / 0.5)
+        else:
+            latency_ms = median_ms + (high_ms - median_ms) * ((draw - 0.5) / 0.5) ** 3
+        return latency_ms / 1000.0
+
+    def start_outage(self, rail: str, seconds: float) -> None:
+        self.rails[rail].outage_until_monotonic_s = time.monotonic() + seconds if seconds > 0 else 0.0
+
+    def outage_remaining_s(self, rail: str) -> float:
+        return max(0.0, self.rails[rail].outage_until_monotonic_s - time.monotonic())
+
+    def override(self, rail: str, change: BehaviourOverride) -> RailBehaviour:
+        state = self.rails[rail]
+        updated = replace(
+            state.behaviour,
+            **{
+                name: (frozenset(value) if name == "unknown_creditor_accounts" else value)
+                for name, value in change.model_dump(exclude_none=True).items()
+            },
+        )
+        if updated.latency_ms_p50 > updated.latency_ms_max:
+            raise ValueError("latency_ms_p50 must not exceed latency_ms_max")
+        state.behaviour = updated
+        return updated
+
+    # -- rules --------------------------------------------------------------------
+
+    def _evaluate(self, state: _RailState, transaction: Pacs008Transaction) -> tuple[str, str | None, str | None]:
+        payment = transaction.payment
+        rail = state.config
+        if payment.currency not in rail.currencies:
+            return "RJCT", "AM03", f"{rail.name} carries {', '.join(rail.currencies)}, not {payment.currency}"
+        if payment.amount_minor > state.max_amount_minor[payment.currency]:
+            return "RJCT", "AM02", f"amount {payment.amount} exceeds the {rail.name} maximum of {rail.max_amount}"
+        account = payment.creditor.account
+        if rail.creditor_account == "iban" and not account.iban:
+            return "RJCT", "AC01", f"{rail.name} identifies creditor accounts by IBAN"
+        if rail.creditor_account == "bank_code":
+            if not account.number:
+                return "RJCT", "AC01", f"{rail.name} identifies creditor accounts by account number and bank code"
+            if not (account.bank_code or payment.creditor.agent.member_id):
+                return "RJCT", "RC01", f"{rail.name} needs the creditor bank's {rail.bank_code_scheme} code"
+        identifier = account.iban or account.number
+        if identifier in state.behaviour.unknown_creditor_accounts:
+            return "RJCT", "AC03", "the creditor bank does not know this account"
+        if state.behaviour.reject_rate > 0 and self._rng.random() < state.behaviour.reject_rate:
+            return "RJCT", self._rng.choice(RANDOM_REJECT_REASONS), "rejected by the creditor bank (simulated)"
+        return "ACSC", None, None
+
+    def _new_message_id(self) -> str:
+        # "SIM" + 32 hex digits = 35 characters, the Max35Text limit; drawn from the seeded
+        # generator so that a seeded run is reproducible.
+        return "SIM" + uuid.UUID(int=self._rng.getrandbits(128), version=4).hex
+
+    @staticmethod
+    def _key(transaction: Pacs008Transaction) -> str | None:
+        if transaction.uetr:
+            return transaction.uetr
+        if transaction.transaction_id:
+            return "txid:" + transaction.transaction_id
+        return None
+
+    def _remember(self, record: TransactionRecord) -> None:
+        self._records[record.key] = record
+        self._records.move_to_end(record.key)
+        while len(self._records) > self.max_transactions:
+            self._records.popitem(last=False)
+
+    def _remember_response(self, message_id: str, keys: tuple[str | None, ...], document: bytes) -> None:
+        self._responses[message_id] = _StoredResponse(keys, document)
+        while len(self._responses) > self.max_responses:
+            self._responses.popitem(last=False)
+
+    # -- submission ---------------------------------------------------------------
+
+    async def submit(self, rail_name: str, body: bytes) -> Response:
+        state = self.rails[rail_name]
+        try:
+            if len(body) > _INLINE_PARSE_MAX_BYTES:
+                root = await anyio.to_thread.run_sync(self._parse, body)
+            else:
+                root = self._parse(body)
+        except IsoDocumentError as exc:
+            status = 413 if exc.problem_type == "document-too-large" else 400
+            return _problem(status, exc.problem_type, exc.title, exc.detail, path=exc.path)
+
+        try:
+            if len(body) > _INLINE_PARSE_MAX_BYTES:
+                parsed = await anyio.to_thread.run_sync(parse_pacs008_root, root, state.tenant_id)
+            else:
+                parsed = parse_pacs008_root(root, state.tenant_id)
+        except IsoDocumentError as exc:
+            return self._message_rejection(root, exc, _GROUP_REASONS.get(exc.problem_type, "FF01"))
+
+        expected_code = state.config.clearing.clearing_system_code
+        if parsed.clearing_system_code != expected_code:
+            error = IsoDocumentError(
+                "wrong-clearing-system",
+                "Message addressed to another clearing system",
+                f"SttlmInf/ClrSys is {parsed.clearing_system_code or 'missing'}; {rail_name} is {expected_code}",
+            )
+            return self._message_rejection(root, error, "FF01")
+
+        document = await self._settle(rail_name, state, parsed)
+        return Response(document, media_type=_XML_MEDIA_TYPE)
+
+    def _parse(self, body: bytes) -> etree._Element:
+        return parse_untrusted(body, max_bytes=self.max_document_bytes)
+
+    def _message_rejection(self, root: etree._Element, error: IsoDocumentError, reason_code: str) -> Response:
+        """400 with a pacs.002 RJCT when the MsgId can be read, else problem+json."""
+        message_id = _readable_message_id(root)
+        if message_id is None:
+            return _problem(400, error.problem_type, error.title, error.detail, path=error.path)
+        reason = error.detail if error.path is None else f"{error.path}: {error.detail}"
+        document = build_pacs002(
+            message_id,
+            schemas.message_version_of(root) or "unknown",
+            (),
+            message_id=self._new_message_id(),
+            created_at=datetime.now(UTC),
+            group_status="RJCT",
+            group_reason_code=reason_code,
+            group_reason_text=reason,
+        )
+        return Response(document, status_code=400, media_type=_XML_MEDIA_TYPE)
+
+    async def _settle(self, rail_name: str, state: _RailState, parsed: ParsedPacs008) -> bytes:
+        transactions = parsed.transactions
+        keys = tuple(self._key(transaction) for transaction in transactions)
+        answers: list[TransactionStatus | None] = [None] * len(transactions)
+        replayed: list[TransactionRecord] = []
+        waiting: list[tuple[int, asyncio.Future[TransactionRecord]]] = []
+        owned: dict[str, asyncio.Future[TransactionRecord]] = {}
+        new: list[int] = []
+        seen: set[str] = set()
+        loop = asyncio.get_running_loop()
+
+        for index, key in enumerate(keys):
+            if key is None:
+                new.append(index)
+                continue
+            if key in seen:
+                answers[index] = TransactionStatus(
+                    transactions[index].end_to_end_id, transactions[index].uetr, "RJCT", "DUPL",
+                    "the same transaction appears twice in this message",
+                    original_transaction_id=transactions[index].transaction_id,
+                )
+                continue
+            seen.add(key)
+            record = self._records.get(key)
+            if record is not None:
+                replayed.append(record)
+                answers[index] = record.status
+                continue
+            pending = self._inflight.get(key)
+            if pending is not None:
+                waiting.append((index, pending))
+                continue
+            future: asyncio.Future[TransactionRecord] = loop.create_future()
+            self._inflight[key] = owned[key] = future
+            new.append(index)
+
+        if not new and not waiting and len(replayed) == len(keys):
+            # Every transaction was answered before: if one earlier report answered
+            # exactly this set, send it again byte for byte.
+            stored = self._responses.get(replayed[0].response_message_id) if replayed else None
+            if stored is not None and stored.keys == keys:
+                return stored.document
+
+        response_message_id = self._new_message_id()
+        try:
+            decisions = {index: self._evaluate(state, transactions[index]) for index in new}
+            if new:
+                await asyncio.sleep(self.latency_s(state.behaviour))
+            settled_at = datetime.now(UTC)
+            for index, (status_code, reason_code, reason_text) in decisions.items():
+                transaction = transactions[index]
+                status = TransactionStatus(
+                    original_end_to_end_id=transaction.end_to_end_id,
+                    original_uetr=transaction.uetr,
+                    status=status_code,
+                    reason_code=reason_code,
+                    reason_text=reason_text,
+                    accepted_at=settled_at if status_code == "ACSC" else None,
+                    original_transaction_id=transaction.transaction_id,
+                )
+                answers[index] = status
+                key = keys[index]
+                if key is None:
+                    continue
+                record = TransactionRecord(
+                    key=key,
+                    rail=rail_name,
+                    uetr=transaction.uetr,
+                    end_to_end_id=transaction.end_to_end_id,
+                    transaction_id=transaction.transaction_id,
+                    amount_minor=transaction.payment.amount_minor,
+                    currency=transaction.payment.currency,
+                    status=status,
+                    original_message_id=parsed.message_id,
+                    response_message_id=response_message_id,
+                    settled_at=settled_at if status_code == "ACSC" else None,
+                )
+                self._remember(record)
+                owned[key].set_result(record)
+            for index, pending in waiting:
+                try:
+                    answers[index] = (await pending).status
+                except asyncio.CancelledError:
+                    if not pending.cancelled():
+                        raise  # we are being cancelled ourselves
+                    # The request that owned it went away before answering: answer here.
+                    status_code, reason_code, reason_text = self._evaluate(state, transactions[index])
+                    answers[index] = TransactionStatus(
+                        transactions[index].end_to_end_id, transactions[index].uetr, status_code, reason_code,
+                        reason_text, accepted_at=datetime.now(UTC) if status_code == "ACSC" else None,
+                        original_transaction_id=transactions[index].transaction_id,
+                    )
+        finally:
+            for key, future in owned.items():
+                if not future.done():
+                    future.cancel()
+                if self._inflight.get(key) is future:
+                    del self._inflight[key]
+
+        statuses = [answer for answer in answers if answer is not None]
+        document = build_pacs002(
+            parsed.message_id,
+            PACS008_VERSION,
+            statuses,
+            message_id=response_message_id,
+            created_at=settled_at,
+        )
+        self._remember_response(response_message_id, keys, document)
+        return document
+
+    # -- report -------------------------------------------------------------------
+
+    def report(self, rail_name: str, since: datetime | None) -> list[dict[str, Any]]:
+        if since is not None and since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+        rows = [
+            {
+                "uetr": record.uetr,
+                "end_to_end_id": record.end_to_end_id,
+                "transaction_id": record.transaction_id,
+                "amount_minor": record.amount_minor,
+                "currency": record.currency,
+                "settled_at": record.settled_at.isoformat(),
+                "message_id": record.original_message_id,
+                "status_message_id": record.response_message_id,
+            }
+            for record in self._records.values()
+            if record.rail == rail_name
+            and record.settled_at is not None
+            and (since is None or record.settled_at >= since)
+        ]
+        rows.sort(key=lambda row: row["settled_at"])
+        return rows
+
+
+def _readable_message_id(root: etree._Element) -> str | None:
+    """GrpHdr/MsgId of any message family, if present and short enough to echo."""
+    element = root.find("{*}*/{*}GrpHdr/{*}MsgId")
+    text = element.text if element is not None else None
+    if text and 0 < len(text) <= _MAX35:
+        return text
+    return None
+
+
+def create_simulator_app(
+    tenants: dict[str, TenantConfig],
+    *,
+    seed: int | None = None,
+    max_transactions: int = DEFAULT_MAX_TRANSACTIONS,
+    max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES,
+) -> FastAPI:
+    """The CLEARING SIMULATOR as a FastAPI app (local runs and tests only)."""
+    simulator = ClearingSimulator(
+        tenants, seed=seed, max_transactions=max_transactions, max_document_bytes=max_document_bytes
+    )
+    app = FastAPI(
+        title="payorch CLEARING SIMULATOR",
+        description="Local/test stand-in for instant-payment clearing systems. Never use in production.",
+        version="1",
+    )
+    app.state.simulator = simulator
+
+    def unknown_rail(rail: str) -> JSONResponse:
+        return _problem(404, "unknown-rail", "Unknown rail", f"no rail named {rail!r} is simulated here")
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "service": "clearing-simulator", "rails": sorted(simulator.rails)}
+
+    @app.post("/rails/{rail}/pacs008")
+    async def submit_pacs008(rail: str, request: Request) -> Response:
+        if rail not in simulator.rails:
+            return unknown_rail(rail)
+        remaining_s = simulator.outage_remaining_s(rail)
+        if remaining_s > 0:
+            return _problem(
+                503, "rail-outage", "Clearing system unavailable",
+                f"{rail} is in a simulated outage for another {remaining_s:.1f} s",
+                headers={"Retry-After": str(max(1, math.ceil(remaining_s)))},
+            )
+        content_type = request.headers.get("content-type", "")
+        if content_type and "xml" not in content_type.lower():
+            return _problem(415, "unsupported-media-type", "Unsupported media type", "send application/xml")
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > simulator.max_document_bytes:
+            return _problem(
+                413, "document-too-large", "Document too large",
+                f"at most {simulator.max_document_bytes} bytes are accepted",
+            )
+        body = await request.body()
+        return await simulator.submit(rail, body)
+
+    @app.post("/admin/rails/{rail}/outage")
+    async def outage(rail: str, request: OutageRequest) -> Response:
+        if rail not in simulator.rails:
+            return unknown_rail(rail)
+        simulator.start_outage(rail, request.seconds)
+        return JSONResponse({"rail": rail, "outage_remaining_s": simulator.outage_remaining_s(rail)})
+
+    @app.post("/admin/rails/{rail}/behaviour")
+    async def behaviour(rail: str, change: BehaviourOverride) -> Response:
+        if rail not in simulator.rails:
+            return unknown_rail(rail)
+        try:
+            updated = simulator.override(rail, change)
+        except ValueError as exc:
+            return _problem(422, "invalid-behaviour", "Invalid behaviour", str(exc))
+        return JSONResponse(
+            {
+                "rail": rail,
+                "latency_ms_p50": updated.latency_ms_p50,
+                "latency_ms_max": updated.latency_ms_max,
+                "reject_rate": updated.reject_rate,
+                "unknown_creditor_accounts": sorted(updated.unknown_creditor_accounts),
+            }
+        )
+
+    @app.get("/rails/{rail}/report")
+    async def report(rail: str, since: datetime | None = Query(default=None)) -> Response:
+        if rail not in simulator.rails:
+            return unknown_rail(rail)
+        return JSONResponse({"rail": rail, "transactions": simulator.report(rail, since)})
+
+    return app
+
+
+def run_simulator(host: str, port: int, tenants_dir: Path, *, seed: int | None = None) -> None:
+    """Serve the CLEARING SIMULATOR with uvicorn until interrupted (its own process)."""
+    import uvicorn
+
+    tenants = load_tenants(Path(tenants_dir))
+    app = create_simulator_app(tenants, seed=seed)
+    log.warning(
+        "CLEARING SIMULATOR listening on %s:%d for rails %s: a local stand-in, not a clearing system",
+        host, port, ", ".join(sorted(app.state.simulator.rails)),
+    )
+    uvicorn.run(app, host=host, port=port, log_level="warning")

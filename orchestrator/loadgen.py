@@ -1,0 +1,164 @@
+"""Open-loop load through the public intake: a fixed offered rate for a fixed time.
+
+Open loop (requests are sent on a schedule, not when the previous answer arrives), so a
+slow system shows up as latency and backlog instead of silently lowering the rate it
+is offered. Each payment's end-to-end latency is read from its own timeline: from the
+intake's `PaymentReceived` to the event that ended it, both stamped by the product.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import httpx
+
+from orchestrator.samples import round_robin_bodies
+
+TERMINAL = ("SETTLED", "REJECTED", "FAILED")
+# Requests in flight at once; above the offered rate times the intake's latency, so the
+# schedule, not the client, sets the pace.
+MAX_IN_FLIGHT_REQUESTS = 256
+STATUS_POLL_CONCURRENCY = 32
+
+
+@dataclass
+class LoadResult:
+    offered: int = 0
+    accepted: int = 0
+    refused: dict[int, int] = field(default_factory=dict)
+    errors: int = 0
+    send_seconds: float = 0.0
+    drain_seconds: float = 0.0
+    statuses: dict[str, int] = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list)
+    accept_latencies_ms: list[float] = field(default_factory=list)
+    unfinished: list[str] = field(default_factory=list)
+    first_received_at: datetime | None = None
+    last_ended_at: datetime | None = None
+
+    @property
+    def ended(self) -> int:
+        return sum(self.statuses.values())
+
+    def throughput_per_s(self) -> float:
+        if not self.first_received_at or not self.last_ended_at:
+            return 0.0
+        span = (self.last_ended_at - self.first_received_at).total_seconds()
+        return self.ended / span if span > 0 else 0.0
+
+    def report_lines(self) -> list[str]:
+        def pct(values: list[float], q: float) -> float:
+            if not values:
+                return float("nan")
+            ordered = sorted(values)
+            return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+        lines = [
+            f"offered {self.offered} in {self.send_seconds:.1f}s ({self.offered / max(self.send_seconds, 1e-9):.0f}/s), "
+            f"accepted {self.accepted}, refused {sum(self.refused.values())} {self.refused or ''}, "
+            f"transport errors {self.errors}",
+            f"ended {self.ended}: " + ", ".join(f"{s} {self.statuses.get(s, 0)}" for s in TERMINAL)
+            + f"; unfinished {len(self.unfinished)}; drain took {self.drain_seconds:.1f}s after the last send",
+            f"sustained end-to-end throughput {self.throughput_per_s():.0f} payments/s "
+            "(first received to last ended)",
+        ]
+        if self.latencies_ms:
+            lines.append(
+                "end-to-end latency ms (received -> terminal): "
+                f"p50 {pct(self.latencies_ms, 0.5):.0f}  p90 {pct(self.latencies_ms, 0.9):.0f}  "
+                f"p99 {pct(self.latencies_ms, 0.99):.0f}  max {max(self.latencies_ms):.0f}  "
+                f"mean {statistics.fmean(self.latencies_ms):.0f}")
+        if self.accept_latencies_ms:
+            lines.append(
+                "intake 202 latency ms: "
+                f"p50 {pct(self.accept_latencies_ms, 0.5):.1f}  p99 {pct(self.accept_latencies_ms, 0.99):.1f}  "
+                f"max {max(self.accept_latencies_ms):.1f}")
+        return lines
+
+
+async def offer_load(base_url: str, *, rate_per_s: float, duration_s: float, drain_timeout_s: float,
+                     progress=None) -> LoadResult:
+    result = LoadResult()
+    submitted: dict[str, str] = {}  # payment id -> tenant
+    limits = httpx.Limits(max_connections=MAX_IN_FLIGHT_REQUESTS, max_keepalive_connections=MAX_IN_FLIGHT_REQUESTS)
+    async with httpx.AsyncClient(base_url=base_url, timeout=30, limits=limits) as client:
+        total = int(rate_per_s * duration_s)
+        bodies = round_robin_bodies()
+        semaphore = asyncio.Semaphore(MAX_IN_FLIGHT_REQUESTS)
+
+        async def send(tenant: str, body: dict) -> None:
+            async with semaphore:
+                started = time.perf_counter()
+                try:
+                    answer = await client.post("/v1/payments", json=body, headers={
+                        "X-Tenant-Id": tenant, "Idempotency-Key": f"load-{uuid.uuid4()}"})
+                except httpx.HTTPError:
+                    result.errors += 1
+                    return
+                result.accept_latencies_ms.append((time.perf_counter() - started) * 1000)
+                if answer.status_code == 202:
+                    result.accepted += 1
+                    submitted[answer.json()["payment_id"]] = tenant
+                else:
+                    result.refused[answer.status_code] = result.refused.get(answer.status_code, 0) + 1
+
+        start = time.perf_counter()
+        tasks = []
+        for index in range(total):
+            # Open loop: each request leaves at its scheduled time, whatever came back before.
+            delay = start + index / rate_per_s - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tenant, body = next(bodies)
+            tasks.append(asyncio.create_task(send(tenant, body)))
+            result.offered += 1
+            if progress:
+                progress("sent", result.offered, total)
+        await asyncio.gather(*tasks)
+        result.send_seconds = time.perf_counter() - start
+        drain_started = time.perf_counter()
+        records = await _wait_terminal(client, submitted, drain_timeout_s, progress)
+        result.drain_seconds = time.perf_counter() - drain_started
+    for payment_id, record in records.items():
+        result.statuses[record["status"]] = result.statuses.get(record["status"], 0) + 1
+        timeline = record["timeline"]
+        received = next((datetime.fromisoformat(t["occurred_at"]) for t in timeline
+                         if t["event_type"] == "PaymentReceived"), None)
+        ended = max((datetime.fromisoformat(t["occurred_at"]) for t in timeline
+                     if t["event_type"] in ("PaymentSettled", "PaymentRejected", "PaymentFailed")), default=None)
+        if received and ended:
+            result.latencies_ms.append((ended - received).total_seconds() * 1000)
+            result.first_received_at = min(filter(None, (result.first_received_at, received)))
+            result.last_ended_at = max(filter(None, (result.last_ended_at, ended)))
+    result.unfinished = sorted(set(submitted) - set(records))
+    return result
+
+
+async def _wait_terminal(client: httpx.AsyncClient, submitted: dict[str, str], timeout_s: float,
+                         progress) -> dict[str, dict]:
+    done: dict[str, dict] = {}
+    deadline = time.monotonic() + timeout_s
+    semaphore = asyncio.Semaphore(STATUS_POLL_CONCURRENCY)
+
+    async def check(payment_id: str, tenant: str) -> None:
+        async with semaphore:
+            try:
+                answer = await client.get(f"/v1/payments/{payment_id}", headers={"X-Tenant-Id": tenant})
+            except httpx.HTTPError:
+                return
+            if answer.status_code == 200 and answer.json()["status"] in TERMINAL:
+                done[payment_id] = answer.json()
+
+    while time.monotonic() < deadline and len(done) < len(submitted):
+        pending = [(p, t) for p, t in submitted.items() if p not in done]
+        await asyncio.gather(*(check(p, t) for p, t in pending))
+        if progress:
+            progress("ended", len(done), len(submitted))
+        if len(done) < len(submitted):
+            await asyncio.sleep(0.5)
+    return done

@@ -1,0 +1,210 @@
+"""The whole flow on the real broker: every stage its own process, the public API in front.
+
+One system (processes and topics of its own) serves this module's tests; each test
+creates its own payments, so the tests do not depend on each other's order.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from datetime import datetime
+
+import httpx
+import pytest
+from confluent_kafka import Producer
+
+from orchestrator.samples import TENANTS, sample_body
+from orchestrator.topics import TopicNamer
+from tests.harness import System
+
+pytestmark = pytest.mark.integration
+
+ALL_STAGES = {"intake", "initiation", "sanctions", "fraud", "routing", "execution", "ledger", "settlement"}
+
+
+@pytest.fixture(scope="module")
+def system(kafka_bootstrap, tmp_path_factory):
+    running = System(kafka_bootstrap, tmp_path_factory.mktemp("flow"))
+    try:
+        running.start_all()
+        yield running
+    finally:
+        running.stop()
+
+
+def post_ok(system: System, tenant: str, body: dict, **kwargs) -> str:
+    answer = system.post(tenant, body, **kwargs)
+    assert answer.status_code == 202, answer.text
+    assert answer.headers["content-type"].startswith("application/json")
+    return answer.json()["payment_id"]
+
+
+def test_a_payment_of_every_tenant_and_rail_settles_with_a_full_timeline(system):
+    tenant_of = {}
+    for tenant in TENANTS:
+        for index in range(2):
+            tenant_of[post_ok(system, tenant, sample_body(tenant, index))] = tenant
+    records = system.wait_terminal(tenant_of, timeout_s=60)
+    assert len(records) == len(tenant_of), f"unfinished; execution log:\n{system.log_tail('execution')}"
+    for payment_id, record in records.items():
+        label = f"{record['tenant_id']} {payment_id}"
+        assert record["status"] == "SETTLED", (label, record)
+        assert record["tenant_id"] == tenant_of[payment_id]
+        stages = {step["stage"] for step in record["timeline"]}
+        assert stages == ALL_STAGES, (label, stages)
+        assert {step["correlation_id"] for step in record["timeline"]} == {payment_id}
+        for step in record["timeline"]:
+            assert datetime.fromisoformat(step["occurred_at"]).tzinfo is not None
+        types = [step["event_type"] for step in record["timeline"]]
+        for event_type in ("PaymentReceived", "PaymentInitiated", "SanctionsScreened", "FraudScored",
+                           "PaymentRouted", "FundsReserved", "PaymentExecuted", "FundsPosted", "PaymentSettled"):
+            assert types.count(event_type) == 1, (label, types)
+
+
+def test_same_idempotency_key_same_body_gives_the_same_payment_and_other_body_422(system):
+    body = sample_body("emea")
+    first = system.post("emea", body, key="idem-1")
+    again = system.post("emea", body, key="idem-1")
+    assert first.status_code == again.status_code == 202
+    assert first.json() == again.json()
+    assert again.headers.get("idempotent-replayed") == "true"
+    other = system.post("emea", {**body, "amount": "999.99"}, key="idem-1")
+    assert other.status_code == 422
+    assert other.headers["content-type"].startswith("application/problem+json")
+    assert other.json()["type"].endswith("/idempotency-key-reused")
+    # The same key under another tenant is another payment.
+    assert system.post("na", sample_body("na"), key="idem-1").json()["payment_id"] != first.json()["payment_id"]
+    records = system.wait_terminal({first.json()["payment_id"]: "emea"})
+    assert records[first.json()["payment_id"]]["status"] == "SETTLED"
+
+
+def test_another_tenants_payment_answers_404(system):
+    payment_id = post_ok(system, "emea", sample_body("emea"))
+    assert system.get("emea", payment_id).status_code == 200
+    answer = system.get("na", payment_id)
+    assert answer.status_code == 404
+    assert answer.json()["type"].endswith("/payment-not-found")
+    assert system.get("na", "00000000-0000-4000-8000-000000000000").status_code == 404
+
+
+BAD_BODIES = [
+    ("negative amount", lambda b: {**b, "amount": "-5.00"}, 422),
+    ("zero amount", lambda b: {**b, "amount": "0"}, 422),
+    ("float amount", lambda b: {**b, "amount": 125.5}, 422),
+    ("too many decimals", lambda b: {**b, "amount": "1.001"}, 422),
+    ("exponent amount", lambda b: {**b, "amount": "1e3"}, 422),
+    ("unknown currency", lambda b: {**b, "currency": "ZZZ"}, 422),
+    ("currency of another region", lambda b: {**b, "currency": "JPY", "amount": "100"}, 422),
+    ("bad IBAN checksum", lambda b: {**b, "debtor": {**b["debtor"], "account": {"iban": "DE89370400440532013001"}}}, 422),
+    ("missing creditor", lambda b: {k: v for k, v in b.items() if k != "creditor"}, 422),
+    ("missing amount", lambda b: {k: v for k, v in b.items() if k != "amount"}, 422),
+    ("unknown field", lambda b: {**b, "surprise": 1}, 422),
+    ("over tenant limit", lambda b: {**b, "amount": "100000000.00"}, 422),
+    ("bad BIC", lambda b: {**b, "debtor": {**b["debtor"], "agent": {"bic": "NOTABIC!"}}}, 422),
+    ("end-to-end id too long", lambda b: {**b, "end_to_end_id": "X" * 36}, 422),
+]
+
+
+@pytest.mark.parametrize(("case", "mutate", "status"), BAD_BODIES, ids=[c[0] for c in BAD_BODIES])
+def test_bad_input_answers_problem_json(system, case, mutate, status):
+    answer = system.post("emea", mutate(sample_body("emea")))
+    assert answer.status_code == status, (case, answer.text)
+    assert answer.headers["content-type"].startswith("application/problem+json")
+    problem = answer.json()
+    assert problem["status"] == status and problem["type"].startswith("https://") and problem["detail"]
+    assert "DE89370400440532013001" not in answer.text, "no account number echoed back"
+
+
+@pytest.mark.parametrize(("case", "content", "headers", "status", "kind"), [
+    ("malformed json", b'{"amount": ', {"X-Tenant-Id": "emea", "Content-Type": "application/json"}, 400,
+     "malformed-json"),
+    ("json array", b"[1,2]", {"X-Tenant-Id": "emea", "Content-Type": "application/json"}, 422, "validation-error"),
+    ("missing tenant", b"{}", {"Content-Type": "application/json"}, 400, "tenant-required"),
+    ("unknown tenant", b"{}", {"X-Tenant-Id": "mars", "Content-Type": "application/json"}, 400, "unknown-tenant"),
+    ("wrong media type", b"<x/>", {"X-Tenant-Id": "emea", "Content-Type": "text/plain"}, 415,
+     "unsupported-media-type"),
+    ("oversize body", b"{" + b" " * 70_000 + b"}", {"X-Tenant-Id": "emea", "Content-Type": "application/json"}, 413,
+     "payload-too-large"),
+])
+def test_bad_requests_answer_problem_json(system, case, content, headers, status, kind):
+    answer = httpx.post(f"{system.base_url}/v1/payments", content=content, headers=headers, timeout=10)
+    assert answer.status_code == status, (case, answer.text)
+    assert answer.headers["content-type"].startswith("application/problem+json")
+    assert answer.json()["type"].endswith("/" + kind)
+
+
+def test_sanctions_hit_is_rejected_with_reason(system):
+    body = sample_body("emea")
+    body["creditor"] = {**body["creditor"], "name": "CRIMSON HARBOUR SHIPPING LIMITED"}
+    payment_id = post_ok(system, "emea", body)
+    record = system.wait_terminal({payment_id: "emea"})[payment_id]
+    assert record["status"] == "REJECTED"
+    assert record["reason"]["code"] == "sanctions_match"
+    assert not any(step["event_type"] == "PaymentRouted" for step in record["timeline"])
+
+
+def test_clearing_reject_fails_the_payment_with_the_iso_reason_and_releases_funds(system):
+    body = sample_body("na", 0)
+    body["creditor"] = {**body["creditor"], "account": {"number": "99999999", "bank_code": "021000021"}}
+    payment_id = post_ok(system, "na", body)
+    record = system.wait_terminal({payment_id: "na"})[payment_id]
+    assert record["status"] == "FAILED"
+    assert record["reason"]["iso_code"] == "AC03"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        types = [s["event_type"] for s in system.get("na", payment_id).json()["timeline"]]
+        if "FundsReleased" in types:
+            break
+        time.sleep(0.2)
+    assert "FundsReleased" in types and "FundsPosted" not in types
+
+
+def test_sanctions_and_fraud_screen_the_same_payment_concurrently(system):
+    """Both consume `initiated` in their own groups: stopping fraud does not stop sanctions."""
+    system.kill("fraud", signal.SIGSTOP)
+    try:
+        payment_id = post_ok(system, "apac", sample_body("apac"))
+        deadline = time.monotonic() + 20
+        types: list[str] = []
+        while time.monotonic() < deadline and "SanctionsScreened" not in types:
+            answer = system.get("apac", payment_id)
+            types = [s["event_type"] for s in answer.json()["timeline"]] if answer.status_code == 200 else []
+            time.sleep(0.1)
+        assert "SanctionsScreened" in types and "FraudScored" not in types
+        assert answer.json()["status"] == "SCREENED"
+    finally:
+        system.kill("fraud", signal.SIGCONT)
+    record = system.wait_terminal({payment_id: "apac"})[payment_id]
+    assert record["status"] == "SETTLED"
+    by_type = {s["event_type"]: s for s in record["timeline"]}
+    initiated = by_type["PaymentInitiated"]["event_id"]
+    # Both verdicts were caused by the same initiated event: fan-out, not a chain.
+    assert by_type["SanctionsScreened"]["causation_id"] == initiated
+    assert by_type["FraudScored"]["causation_id"] == initiated
+
+
+def test_poison_message_is_dead_lettered_and_listed(system):
+    settings = system.settings()
+    topic = TopicNamer(settings.topic_template).topic("latam", "received")
+    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers})
+    for n in range(3):
+        producer.produce(topic, key=f"poison-{n}".encode(), value=b"\x00garbage" * n,
+                         headers=[("event_type", b"PaymentReceived"), ("tenant_id", b"latam")])
+    producer.flush(10)
+    # A good payment behind the poison still goes through.
+    payment_id = post_ok(system, "latam", sample_body("latam"))
+    assert system.wait_terminal({payment_id: "latam"})[payment_id]["status"] == "SETTLED"
+    listing = system.cli("dlq", "list")
+    assert listing.returncode == 0, listing.stderr
+    assert "latam" in listing.stdout and "initiation" in listing.stdout and "UndecodableEvent" in listing.stdout
+    shown = system.cli("dlq", "show", "poison-1")
+    assert "payorch.dlq.origin_topic: " + topic in shown.stdout
+    assert "undecodable" in shown.stdout
+
+
+def test_metrics_and_probes(system):
+    assert httpx.get(f"{system.base_url}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{system.base_url}/readyz").status_code == 200
+    metrics = httpx.get(f"{system.base_url}/metrics").text
+    assert "payorch_intake_payments_received_total" in metrics
