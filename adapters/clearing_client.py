@@ -107,9 +107,13 @@ class ClearingClient:
         try:
             response = self._client.post(endpoint_path, content=document, timeout=httpx.Timeout(timeout_s))
         except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise ClearingUnavailable(f"clearing endpoint not reachable in {timeout_s} s: {type(exc).__name__}") from exc
+            raise ClearingUnavailable(
+                f"clearing endpoint not reachable in {timeout_s} s: {type(exc).__name__}"
+            ) from exc
         except httpx.TimeoutException as exc:
-            raise ClearingTimeout(f"no answer from the clearing endpoint in {timeout_s} s ({type(exc).__name__})") from exc
+            raise ClearingTimeout(
+                f"no answer from the clearing endpoint in {timeout_s} s ({type(exc).__name__})"
+            ) from exc
         except httpx.TransportError as exc:
             # Connection refused or reset, remote closed the connection, DNS failure ...
             raise ClearingUnavailable(f"clearing endpoint unavailable: {type(exc).__name__}: {exc}") from exc

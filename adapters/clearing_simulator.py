@@ -81,7 +81,8 @@ _INLINE_PARSE_MAX_BYTES = 64 * 1024
 RANDOM_REJECT_REASONS = ("AC04", "AC06", "AG01", "RR04")
 _XML_MEDIA_TYPE = "application/xml"
 _PROBLEM_MEDIA_TYPE = "application/problem+json"
-_MAX35 = 35
+# OrgnlMsgId is Max35Text: a longer MsgId cannot be echoed in a pacs.002.
+_MAX_MESSAGE_ID_CHARS = 35
 _GROUP_REASONS = {"transaction-count-mismatch": "AM18", "control-sum-mismatch": "AM16"}
 
 
@@ -313,23 +314,27 @@ class ClearingSimulator:
         if message_id is None:
             return _problem(400, error.problem_type, error.title, error.detail, path=error.path)
         reason = error.detail if error.path is None else f"{error.path}: {error.detail}"
-        document = build_pacs002(
-            message_id,
-            schemas.message_version_of(root) or "unknown",
-            (),
-            message_id=self._new_message_id(),
-            created_at=datetime.now(UTC),
-            group_status="RJCT",
-            group_reason_code=reason_code,
-            group_reason_text=reason,
-        )
+        version = schemas.message_version_of(root)
+        try:
+            document = build_pacs002(
+                message_id,
+                version if version and len(version) <= _MAX_MESSAGE_ID_CHARS else "unknown",
+                (),
+                message_id=self._new_message_id(),
+                created_at=datetime.now(UTC),
+                group_status="RJCT",
+                group_reason_code=reason_code,
+                group_reason_text=reason,
+            )
+        except IsoDocumentError:
+            # Nothing in the original can be echoed validly: answer in JSON instead.
+            return _problem(400, error.problem_type, error.title, error.detail, path=error.path)
         return Response(document, status_code=400, media_type=_XML_MEDIA_TYPE)
 
     async def _settle(self, rail_name: str, state: _RailState, parsed: ParsedPacs008) -> bytes:
         transactions = parsed.transactions
         keys = tuple(self._key(transaction) for transaction in transactions)
         answers: list[TransactionStatus | None] = [None] * len(transactions)
-        replayed: list[TransactionRecord] = []
         waiting: list[tuple[int, asyncio.Future[TransactionRecord]]] = []
         owned: dict[str, asyncio.Future[TransactionRecord]] = {}
         new: list[int] = []
@@ -350,7 +355,6 @@ class ClearingSimulator:
             seen.add(key)
             record = self._records.get(key)
             if record is not None:
-                replayed.append(record)
                 answers[index] = record.status
                 continue
             pending = self._inflight.get(key)
@@ -361,49 +365,18 @@ class ClearingSimulator:
             self._inflight[key] = owned[key] = future
             new.append(index)
 
-        if not new and not waiting and len(replayed) == len(keys):
-            # Every transaction was answered before: if one earlier report answered
-            # exactly this set, send it again byte for byte.
-            stored = self._responses.get(replayed[0].response_message_id) if replayed else None
-            if stored is not None and stored.keys == keys:
-                return stored.document
-
         response_message_id = self._new_message_id()
         try:
             decisions = {index: self._evaluate(state, transactions[index]) for index in new}
             if new:
                 await asyncio.sleep(self.latency_s(state.behaviour))
             settled_at = datetime.now(UTC)
-            for index, (status_code, reason_code, reason_text) in decisions.items():
-                transaction = transactions[index]
-                status = TransactionStatus(
-                    original_end_to_end_id=transaction.end_to_end_id,
-                    original_uetr=transaction.uetr,
-                    status=status_code,
-                    reason_code=reason_code,
-                    reason_text=reason_text,
-                    accepted_at=settled_at if status_code == "ACSC" else None,
-                    original_transaction_id=transaction.transaction_id,
-                )
-                answers[index] = status
-                key = keys[index]
-                if key is None:
-                    continue
-                record = TransactionRecord(
-                    key=key,
-                    rail=rail_name,
-                    uetr=transaction.uetr,
-                    end_to_end_id=transaction.end_to_end_id,
-                    transaction_id=transaction.transaction_id,
-                    amount_minor=transaction.payment.amount_minor,
-                    currency=transaction.payment.currency,
-                    status=status,
-                    original_message_id=parsed.message_id,
-                    response_message_id=response_message_id,
-                    settled_at=settled_at if status_code == "ACSC" else None,
-                )
-                self._remember(record)
-                owned[key].set_result(record)
+            for index, decision in decisions.items():
+                record = self._answer(rail_name, parsed, transactions[index], keys[index], decision,
+                                      response_message_id, settled_at)
+                answers[index] = record.status
+                if keys[index] is not None:
+                    owned[keys[index]].set_result(record)  # type: ignore[index]
             for index, pending in waiting:
                 try:
                     answers[index] = (await pending).status
@@ -411,18 +384,24 @@ class ClearingSimulator:
                     if not pending.cancelled():
                         raise  # we are being cancelled ourselves
                     # The request that owned it went away before answering: answer here.
-                    status_code, reason_code, reason_text = self._evaluate(state, transactions[index])
-                    answers[index] = TransactionStatus(
-                        transactions[index].end_to_end_id, transactions[index].uetr, status_code, reason_code,
-                        reason_text, accepted_at=datetime.now(UTC) if status_code == "ACSC" else None,
-                        original_transaction_id=transactions[index].transaction_id,
-                    )
+                    record = self._answer(rail_name, parsed, transactions[index], keys[index],
+                                          self._evaluate(state, transactions[index]), response_message_id,
+                                          datetime.now(UTC))
+                    answers[index] = record.status
+                    new.append(index)
         finally:
             for key, future in owned.items():
                 if not future.done():
                     future.cancel()
                 if self._inflight.get(key) is future:
                     del self._inflight[key]
+
+        if not new:
+            # Every transaction was answered by an earlier (or concurrent) request: if one
+            # report answered exactly this set, send that report again byte for byte.
+            stored = self._replayable(keys)
+            if stored is not None:
+                return stored
 
         statuses = [answer for answer in answers if answer is not None]
         document = build_pacs002(
@@ -432,8 +411,59 @@ class ClearingSimulator:
             message_id=response_message_id,
             created_at=settled_at,
         )
-        self._remember_response(response_message_id, keys, document)
+        if any(keys[index] is not None for index in new):
+            self._remember_response(response_message_id, keys, document)
         return document
+
+    def _answer(
+        self,
+        rail_name: str,
+        parsed: ParsedPacs008,
+        transaction: Pacs008Transaction,
+        key: str | None,
+        decision: tuple[str, str | None, str | None],
+        response_message_id: str,
+        settled_at: datetime,
+    ) -> TransactionRecord:
+        """The status of a newly decided transaction, remembered under its key."""
+        status_code, reason_code, reason_text = decision
+        accepted = status_code == "ACSC"
+        status = TransactionStatus(
+            original_end_to_end_id=transaction.end_to_end_id,
+            original_uetr=transaction.uetr,
+            status=status_code,
+            reason_code=reason_code,
+            reason_text=reason_text,
+            accepted_at=settled_at if accepted else None,
+            original_transaction_id=transaction.transaction_id,
+        )
+        record = TransactionRecord(
+            # A transaction without UETR or TxId cannot be recognised when sent again, but
+            # it still settled and belongs in the report: keep it under a unique key.
+            key=key or f"noid:{uuid.uuid4().hex}",
+            rail=rail_name,
+            uetr=transaction.uetr,
+            end_to_end_id=transaction.end_to_end_id,
+            transaction_id=transaction.transaction_id,
+            amount_minor=transaction.payment.amount_minor,
+            currency=transaction.payment.currency,
+            status=status,
+            original_message_id=parsed.message_id,
+            response_message_id=response_message_id,
+            settled_at=settled_at if accepted else None,
+        )
+        self._remember(record)
+        return record
+
+    def _replayable(self, keys: tuple[str | None, ...]) -> bytes | None:
+        records = [self._records.get(key) for key in keys if key is not None]
+        if not records or len(records) != len(keys) or any(record is None for record in records):
+            return None
+        response_ids = {record.response_message_id for record in records if record is not None}
+        if len(response_ids) != 1:
+            return None
+        stored = self._responses.get(response_ids.pop())
+        return stored.document if stored is not None and stored.keys == keys else None
 
     # -- report -------------------------------------------------------------------
 
@@ -464,7 +494,7 @@ def _readable_message_id(root: etree._Element) -> str | None:
     """GrpHdr/MsgId of any message family, if present and short enough to echo."""
     element = root.find("{*}*/{*}GrpHdr/{*}MsgId")
     text = element.text if element is not None else None
-    if text and 0 < len(text) <= _MAX35:
+    if text and 0 < len(text) <= _MAX_MESSAGE_ID_CHARS:
         return text
     return None
 
@@ -508,14 +538,22 @@ def create_simulator_app(
         content_type = request.headers.get("content-type", "")
         if content_type and "xml" not in content_type.lower():
             return _problem(415, "unsupported-media-type", "Unsupported media type", "send application/xml")
+        too_large = _problem(
+            413, "document-too-large", "Document too large",
+            f"at most {simulator.max_document_bytes} bytes are accepted",
+        )
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > simulator.max_document_bytes:
-            return _problem(
-                413, "document-too-large", "Document too large",
-                f"at most {simulator.max_document_bytes} bytes are accepted",
-            )
-        body = await request.body()
-        return await simulator.submit(rail, body)
+            return too_large
+        # Read at most the limit even when no (or a false) Content-Length was sent.
+        chunks: list[bytes] = []
+        size_bytes = 0
+        async for chunk in request.stream():
+            size_bytes += len(chunk)
+            if size_bytes > simulator.max_document_bytes:
+                return too_large
+            chunks.append(chunk)
+        return await simulator.submit(rail, b"".join(chunks))
 
     @app.post("/admin/rails/{rail}/outage")
     async def outage(rail: str, request: OutageRequest) -> Response:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from orchestrator.events import Event, EventCodec, UndecodableEvent
 from orchestrator.kafka_clients import make_consumer, make_producer
@@ -297,6 +297,7 @@ class StageRunner:
         self.stats.dead_lettered += len(poison)
 
     def _commit(self, messages: list[Message]) -> None:
+        """Mark the batch consumed; librdkafka commits stored offsets in the background."""
         next_offsets: dict[tuple[str, int], int] = {}
         for message in messages:
             if message.error() is None:
@@ -306,11 +307,11 @@ class StageRunner:
             return
         offsets = [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
         try:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
-        except Exception as exc:
+            self.consumer.store_offsets(offsets=offsets)
+        except KafkaException as exc:
             # Typically a rebalance took the partitions away: the new owner re-reads the
             # batch and, stages being idempotent, re-emits identical events.
-            log.warning("offset commit failed: %s", exc, extra={"stage": self.handler.name})
+            log.warning("storing offsets failed: %s", exc, extra={"stage": self.handler.name})
 
     def close(self) -> None:
         try:

@@ -116,10 +116,17 @@ def parse_untrusted(
     except etree.XMLSyntaxError as exc:
         last = exc.error_log.last_error if exc.error_log else None
         if last is not None and last.type_name == _RESOURCE_LIMIT_ERROR:
+            message = (last.message or "").lower()
+            if "entity" in message:
+                # Entity amplification (billion laughs) in an encoding the byte check
+                # above cannot read: entities exist only through a DTD.
+                problem_type = "forbidden-dtd"
+            elif "depth" in message:
+                problem_type = "document-too-deep"
+            else:
+                problem_type = "document-too-large"
             raise XmlSecurityError(
-                "document-too-deep" if "depth" in (last.message or "").lower() else "document-too-large",
-                "Document exceeds a parser limit",
-                f"line {last.line}: {last.message}",
+                problem_type, "Document exceeds a parser limit", f"line {last.line}: {last.message}"
             ) from None
         line = last.line if last is not None else getattr(exc, "lineno", None)
         message = last.message if last is not None else "not well-formed XML"

@@ -25,15 +25,15 @@ from pathlib import Path
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse, PlainTextResponse, Response
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchestrator.domain import MoneyError, Payment
-from orchestrator.events import EVENT_ID_NAMESPACE, received_event
+from orchestrator.events import deterministic_uuid4, received_event
 from orchestrator.intake.models import CreditTransferIn
-from orchestrator.intake.problems import Problem
+from orchestrator.intake.problems import JsonResponse, Problem
 from orchestrator.intake.publisher import EventPublisher, PublishError
 from orchestrator.kafka_clients import make_producer
 from orchestrator.settings import Settings
@@ -106,7 +106,7 @@ def body_digest(body: bytes, content_type: str) -> str:
 def payment_id_for(tenant_id: str, idempotency_key: str | None) -> str:
     if idempotency_key is None:
         return str(uuid.uuid4())
-    return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"idempotency/{tenant_id}/{idempotency_key}"))
+    return deterministic_uuid4(f"idempotency/{tenant_id}/{idempotency_key}")
 
 
 def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publisher: EventPublisher | None = None) -> FastAPI:
@@ -127,7 +127,7 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
         state["publisher"].close()
         state["idempotency"].db.close()
 
-    app = FastAPI(title="payorch intake", version="1", lifespan=lifespan, default_response_class=ORJSONResponse)
+    app = FastAPI(title="payorch intake", version="1", lifespan=lifespan, default_response_class=JsonResponse)
 
     def tracking() -> TrackingStore | None:
         if state["tracking"] is None:
@@ -193,40 +193,49 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def accept(request: Request, tenant: TenantConfig, key: str | None, digest: str, build) -> Response:
+    async def accept(tenant: TenantConfig, key: str | None, digest: str, build) -> Response:
         """Shared idempotent acceptance: build payments, publish, remember the answer."""
-        lock = key_locks.setdefault((tenant.tenant_id, key), asyncio.Lock()) if key else asyncio.Lock()
-        async with lock:
-            if key is not None:
-                row = state["idempotency"].lookup(tenant.tenant_id, key)
-                if row is not None:
-                    if row["body_sha256"] != digest:
-                        raise Problem("idempotency-key-reused",
-                                      "this Idempotency-Key was already used with a different body")
-                    metrics.idempotent_replays.labels(tenant.tenant_id).inc()
-                    return ORJSONResponse(orjson.loads(row["response"]), status_code=row["status_code"],
-                                          headers={"Idempotent-Replayed": "true"})
-            payments, channel, response_of = build()
-            now = datetime.now(UTC)
-            events = [received_event(p, channel=channel, idempotency_key=key, occurred_at=now, region=settings.region)
-                      for p in payments]
-            started = time.perf_counter()
-            try:
-                await state["publisher"].publish(events, "received", settings.intake.publish_timeout_s)
-            except PublishError as exc:
-                log.error("publish failed: %s", exc, extra={"tenant_id": tenant.tenant_id})
-                raise Problem("broker-unavailable", "the payment was not accepted; retry with the same "
-                              "Idempotency-Key") from None
-            metrics.publish_seconds.observe(time.perf_counter() - started)
-            response = response_of(payments)
-            state["idempotency"].remember(tenant.tenant_id, key, digest, 202, response,
-                                          [(p, now.isoformat(), e.event_id) for p, e in zip(payments, events)])
-            for event in events:
-                metrics.received.labels(tenant.tenant_id, channel).inc()
-                log.info("payment received", extra=event.log_context())
-        if key:
-            key_locks.pop((tenant.tenant_id, key), None)
-        return ORJSONResponse(response, status_code=202, headers={"Location": response.get("links", {}).get("self", "")})
+        if key is None:
+            return await _accept_locked(tenant, key, digest, build)
+        # Requests with the same key are serialised so the second sees the first's answer.
+        lock_key = (tenant.tenant_id, key)
+        lock = key_locks.setdefault(lock_key, asyncio.Lock())
+        try:
+            async with lock:
+                return await _accept_locked(tenant, key, digest, build)
+        finally:
+            if not lock.locked() and key_locks.get(lock_key) is lock:
+                del key_locks[lock_key]
+
+    async def _accept_locked(tenant: TenantConfig, key: str | None, digest: str, build) -> Response:
+        if key is not None:
+            row = state["idempotency"].lookup(tenant.tenant_id, key)
+            if row is not None:
+                if row["body_sha256"] != digest:
+                    raise Problem("idempotency-key-reused",
+                                  "this Idempotency-Key was already used with a different body")
+                metrics.idempotent_replays.labels(tenant.tenant_id).inc()
+                return JsonResponse(orjson.loads(row["response"]), status_code=row["status_code"],
+                                      headers={"Idempotent-Replayed": "true"})
+        payments, channel, response_of = build()
+        now = datetime.now(UTC)
+        events = [received_event(p, channel=channel, idempotency_key=key, occurred_at=now, region=settings.region)
+                  for p in payments]
+        started = time.perf_counter()
+        try:
+            await state["publisher"].publish(events, "received", settings.intake.publish_timeout_s)
+        except PublishError as exc:
+            log.error("publish failed: %s", exc, extra={"tenant_id": tenant.tenant_id})
+            raise Problem("broker-unavailable", "the payment was not accepted; retry with the same "
+                          "Idempotency-Key") from None
+        metrics.publish_seconds.observe(time.perf_counter() - started)
+        response = response_of(payments)
+        state["idempotency"].remember(tenant.tenant_id, key, digest, 202, response,
+                                      [(p, now.isoformat(), e.event_id) for p, e in zip(payments, events)])
+        for event in events:
+            metrics.received.labels(tenant.tenant_id, channel).inc()
+            log.info("payment received", extra=event.log_context())
+        return JsonResponse(response, status_code=202, headers={"Location": response.get("links", {}).get("self", "")})
 
     @app.post("/v1/payments", status_code=202)
     async def post_payment(request: Request):
@@ -265,7 +274,7 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
                                       for p in problems])
             return [payment], "json", lambda ps: _accepted_body(ps[0])
 
-        return await accept(request, tenant, key, body_digest(body, "json"), build)
+        return await accept(tenant, key, body_digest(body, "json"), build)
 
     @app.post("/v1/payments/iso20022", status_code=202)
     async def post_iso20022(request: Request):
@@ -279,10 +288,11 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
         body = await read_body(request, settings.intake.max_xml_body_bytes)
 
         def build():
-            payments = build_iso_payments(body, tenant, settings.intake.max_transactions_per_document)
+            payments = build_iso_payments(body, tenant, settings.intake.max_transactions_per_document,
+                                          settings.intake.max_xml_body_bytes)
             return payments, payments[0].source_format, _accepted_document_body
 
-        return await accept(request, tenant, key, body_digest(body, "xml"), build)
+        return await accept(tenant, key, body_digest(body, "xml"), build)
 
     @app.get("/v1/payments/{payment_id}")
     async def get_payment(payment_id: str, request: Request):
@@ -314,7 +324,7 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
             state["ready"] = await asyncio.to_thread(_broker_answers, state["publisher"])
             state["ready_checked_at"] = now
         if not state["ready"]:
-            return ORJSONResponse({"status": "unavailable", "broker": "unreachable"}, status_code=503)
+            return JsonResponse({"status": "unavailable", "broker": "unreachable"}, status_code=503)
         return {"status": "ready", "broker": "reachable"}
 
     @app.get("/metrics")

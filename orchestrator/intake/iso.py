@@ -2,18 +2,30 @@
 
 A document is accepted whole or refused whole: a pain.001 or pacs.008 batch is one
 instruction from the sender, and half-accepting it would leave them reconciling which
-half moved. Payment ids derive from the document's message id and the transaction's
-position, so the same document sent twice yields the same payments.
+half moved. A pacs.008 transaction's UETR stays its payment id (a UETR is passed
+unchanged along the payment chain); every other transaction gets an id derived from
+the document's message id and its position, so the same document sent twice yields
+the same payments and moves money once.
 """
 
 from __future__ import annotations
 
-import uuid
 from datetime import date
 
-from adapters.iso20022 import IsoDocumentError, parse_iso_document
+from lxml import etree
+
+from adapters.iso20022 import (
+    INBOUND_MESSAGE_VERSIONS,
+    IsoDocumentError,
+    XmlSecurityError,
+    XmlSyntaxError,
+    parse_pacs008_root,
+    parse_pain001_root,
+    parse_untrusted,
+    schemas,
+)
 from orchestrator.domain import Payment
-from orchestrator.events import EVENT_ID_NAMESPACE
+from orchestrator.events import deterministic_uuid4
 from orchestrator.intake.problems import Problem
 from orchestrator.tenants import TenantConfig
 from orchestrator.validation import normalise_payment, validate_payment
@@ -21,21 +33,46 @@ from orchestrator.validation import normalise_payment, validate_payment
 _PROBLEM_KIND_OF_ISO_TYPE = {
     "schema-violation": "schema-violation",
     "unsupported-message": "unsupported-message",
-    "xml-security": "xml-rejected",
-    "xml-syntax": "xml-rejected",
-    "xml-too-large": "payload-too-large",
+    "document-too-large": "payload-too-large",
 }
 
 
-def build_iso_payments(body: bytes, tenant: TenantConfig, max_transactions: int) -> list[Payment]:
+def _problem_kind(exc: IsoDocumentError) -> str:
+    if exc.problem_type in _PROBLEM_KIND_OF_ISO_TYPE:
+        return _PROBLEM_KIND_OF_ISO_TYPE[exc.problem_type]
+    if isinstance(exc, (XmlSecurityError, XmlSyntaxError)):
+        return "xml-rejected"
+    return "document-invalid"
+
+
+def _parse(body: bytes, tenant: TenantConfig, max_bytes: int) -> list[Payment]:
+    root = parse_untrusted(body, max_bytes=max_bytes)
+    version = schemas.message_version_of(root)
+    if version == "pacs.008.001.08":
+        parsed = parse_pacs008_root(root, tenant.tenant_id)
+        return [tx.payment if tx.uetr else _derived_id(tx.payment, parsed.message_id, index, tenant)
+                for index, tx in enumerate(parsed.transactions)]
+    if version in ("pain.001.001.03", "pain.001.001.09"):
+        parsed = parse_pain001_root(root, tenant.tenant_id)
+        return [_derived_id(p, parsed.message_id, index, tenant) for index, p in enumerate(parsed.payments)]
+    found = version or etree.QName(root).namespace or f"<{etree.QName(root).localname}> without a namespace"
+    raise IsoDocumentError("unsupported-message", "Unsupported message",
+                           f"{found} is not accepted; send one of {', '.join(INBOUND_MESSAGE_VERSIONS)}")
+
+
+def _derived_id(payment: Payment, message_id: str, index: int, tenant: TenantConfig) -> Payment:
+    return payment.replace(payment_id=deterministic_uuid4(
+        f"iso/{tenant.tenant_id}/{message_id}/{index}/{payment.end_to_end_id}"))
+
+
+def build_iso_payments(body: bytes, tenant: TenantConfig, max_transactions: int, max_bytes: int) -> list[Payment]:
     try:
-        parsed = parse_iso_document(body, tenant.tenant_id)
+        parsed = _parse(body, tenant, max_bytes)
     except IsoDocumentError as exc:
-        kind = _PROBLEM_KIND_OF_ISO_TYPE.get(exc.problem_type, "document-invalid")
         extensions = {"iso_problem": exc.problem_type}
         if exc.path:
             extensions["path"] = exc.path
-        raise Problem(kind, exc.detail, **extensions) from None
+        raise Problem(_problem_kind(exc), exc.detail, **extensions) from None
     if not parsed:
         raise Problem("document-invalid", "the document holds no transaction")
     if len(parsed) > max_transactions:
@@ -44,9 +81,7 @@ def build_iso_payments(body: bytes, tenant: TenantConfig, max_transactions: int)
     payments, failures = [], []
     today = date.today()
     for index, payment in enumerate(parsed):
-        payment_id = str(uuid.uuid5(EVENT_ID_NAMESPACE, f"iso/{tenant.tenant_id}/{payment.source_message_id}/"
-                                                        f"{index}/{payment.end_to_end_id}"))
-        payment = normalise_payment(payment.replace(payment_id=payment_id, tenant_id=tenant.tenant_id))
+        payment = normalise_payment(payment.replace(tenant_id=tenant.tenant_id))
         problems = validate_payment(payment, tenant, today=today)
         if problems:
             failures.append({"transaction_index": index, "end_to_end_id": payment.end_to_end_id,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi.responses import ORJSONResponse
+import orjson
+from fastapi.responses import Response
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://payorch.dev/problems/"
@@ -32,6 +33,15 @@ PROBLEM_KINDS: dict[str, tuple[int, str]] = {
 }
 
 
+class JsonResponse(Response):
+    """JSON rendered by orjson (FastAPI's own ORJSONResponse is deprecated)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
 class Problem(Exception):
     def __init__(self, kind: str, detail: str, **extensions: Any) -> None:
         super().__init__(detail)
@@ -45,10 +55,10 @@ class Problem(Exception):
     def status(self) -> int:
         return PROBLEM_KINDS[self.kind][0]
 
-    def response(self, instance: str | None = None) -> ORJSONResponse:
+    def response(self, instance: str | None = None) -> JsonResponse:
         status, title = PROBLEM_KINDS[self.kind]
         body = {"type": PROBLEM_TYPE_BASE + self.kind, "title": title, "status": status, "detail": self.detail}
         if instance:
             body["instance"] = instance
         body.update(self.extensions)
-        return ORJSONResponse(body, status_code=status, media_type=PROBLEM_CONTENT_TYPE)
+        return JsonResponse(body, status_code=status, media_type=PROBLEM_CONTENT_TYPE)

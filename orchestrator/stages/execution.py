@@ -90,8 +90,14 @@ class ExecutionStage(Stage):
         for attempt in range(1, CLEARING_ATTEMPTS_MAX + 1):
             try:
                 answer = self.client.submit(rail.clearing.endpoint_path, document, rail.clearing.timeout_ms / 1000)
-                statuses = parse_pacs002(answer).statuses
-                status = next((s for s in statuses if s.original_uetr in (None, event.payment_id)), None)
+                report = parse_pacs002(answer)
+                status = next((s for s in report.statuses if s.original_uetr in (None, event.payment_id)), None)
+                if status is None and report.group_status == "RJCT":
+                    # The whole message was refused (e.g. FF01): the payment is refused with it.
+                    status = TransactionStatus(original_end_to_end_id=event.payment.end_to_end_id,
+                                               original_uetr=event.payment_id, status="RJCT",
+                                               reason_code=report.group_reason_code,
+                                               reason_text=report.group_reason_text)
                 if status is None:
                     raise ClearingProtocolError("pacs.002 answer does not mention the payment")
                 event_type, payload = outcome_payload(rail, status, message_id, datetime.now(UTC))

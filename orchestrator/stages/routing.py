@@ -40,10 +40,10 @@ def decide_route(sanctions: dict, fraud: dict, payment: Payment, tenant: TenantC
             f"{sanctions['matched_entry_id']} (score {sanctions['best_score']:.0f})",
         )
     if fraud["outcome"] == "BLOCK":
-        return "PaymentRejected", _reason(
-            ReasonCode.fraud_score_too_high,
-            f"fraud score {fraud['score']} ({', '.join(fraud['rules_triggered'])})",
-        )
+        # The rules that fired stay in the FraudScored event for investigators; the
+        # rejection reason, which reaches the payer, does not say which control stopped it.
+        return "PaymentRejected", _reason(ReasonCode.fraud_score_too_high,
+                                          f"refused by fraud controls (score {fraud['score']})")
     if sanctions["outcome"] == "POSSIBLE_MATCH":
         code = ReasonCode.sanctions_possible_match
         return "PaymentHeld", {
