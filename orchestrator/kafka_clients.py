@@ -60,7 +60,8 @@ def consumer_config(settings: Settings, group_id: str, client_id: str) -> dict:
             # A stage that stops polling for this long is presumed dead and its
             # partitions move; a batch never takes near this long.
             "max.poll.interval.ms": 120_000,
-            "session.timeout.ms": 15_000,
+            # A member that really died (not restarted) gives its partitions up after this.
+            "session.timeout.ms": 10_000,
             # Fetches return as soon as data arrives; this only bounds an idle poll, and a
             # short one makes every idle consumer hammer the broker.
             "fetch.wait.max.ms": 200,
@@ -73,8 +74,15 @@ def make_producer(settings: Settings, client_id: str) -> Producer:
     return Producer(producer_config(settings, client_id))
 
 
-def make_consumer(settings: Settings, group_id: str, client_id: str) -> Consumer:
-    return Consumer(consumer_config(settings, group_id, client_id))
+def make_consumer(settings: Settings, group_id: str, client_id: str, *, instance_id: str | None = None) -> Consumer:
+    config = consumer_config(settings, group_id, client_id)
+    if instance_id is not None:
+        # Static membership (KIP-345): a stage process restarted after a crash rejoins as
+        # the same member and gets its partitions back at once, instead of the group
+        # waiting for the dead member's session to expire and then rebalancing. Each
+        # replica of a stage needs its own instance id (`payorch run STAGE --instance N`).
+        config["group.instance.id"] = f"{group_id}.{instance_id}"
+    return Consumer(config)
 
 
 def make_admin(settings: Settings) -> AdminClient:

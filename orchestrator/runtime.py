@@ -171,7 +171,8 @@ class StageRunner:
         self.stats = RuntimeStats()
         self._stop = threading.Event()
         client_id = f"payorch-{handler.name}-{instance_id}"
-        self.consumer: Consumer = make_consumer(settings, f"payorch.{handler.name}", client_id)
+        self.consumer: Consumer = make_consumer(settings, f"{settings.consumer_group_prefix}.{handler.name}",
+                                                 client_id, instance_id=instance_id)
         self.producer: Producer = make_producer(settings, client_id)
         self.input_topics = [self.namer.topic(t, s) for t in self.tenants for s in handler.input_topics]
 

@@ -95,6 +95,9 @@ class Settings(BaseSettings):
 
     region: str = "local-a"
     topic_template: str = "{tenant}.payments.{stage}.v1"
+    # Consumer groups are "<prefix>.<stage>"; two deployments sharing a cluster (or two
+    # test systems sharing a broker) use different prefixes so their groups never mix.
+    consumer_group_prefix: str = "payorch"
     tenants_dir: Path = REPO_ROOT / "tenants"
     schemas_dir: Path = REPO_ROOT / "schemas"
     data_dir: Path = REPO_ROOT / "var" / "data"

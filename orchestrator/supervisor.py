@@ -55,6 +55,8 @@ class Supervisor:
         self.local_kafka = None
         self.stopping = False
         self.log_dir = settings.data_dir.parent / "logs"
+        # One pid file per child, so operators (and fault tests) can signal a stage.
+        self.run_dir = settings.data_dir.parent / "run"
 
     def _env(self, bootstrap: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -90,9 +92,11 @@ class Supervisor:
         child.process = subprocess.Popen(child.argv, env=env, stdout=child.log_file, stderr=subprocess.STDOUT,
                                          cwd=REPO_ROOT, start_new_session=True)
         child.started_at = time.monotonic()
+        (self.run_dir / f"{child.name}.pid").write_text(f"{child.process.pid}\n")
 
     def run(self) -> int:
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
@@ -176,6 +180,7 @@ class Supervisor:
             if child.log_file is not None:
                 child.log_file.close()
                 child.log_file = None
+            (self.run_dir / f"{child.name}.pid").unlink(missing_ok=True)
         if self.local_kafka is not None:
             self.echo("stopping local Kafka ...")
             self.local_kafka.stop()

@@ -44,6 +44,7 @@ class System:
         self.env.update({
             "PAYORCH_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
             "PAYORCH_TOPIC_TEMPLATE": "{tenant}.payments.{stage}.t" + self.run_id,
+            "PAYORCH_CONSUMER_GROUP_PREFIX": "payorch-t" + self.run_id,
             "PAYORCH_DATA_DIR": str(self.data_dir),
             "PAYORCH_INTAKE__PORT": str(self.intake_port),
             "PAYORCH_CLEARING__SIMULATOR_PORT": str(self.sim_port),

@@ -58,8 +58,14 @@ def test_stages_killed_mid_flow_lose_nothing_and_post_nothing_twice(system):
     assert not result.unfinished, f"lost or stuck: {result.unfinished[:5]}"
     assert result.statuses == {"SETTLED": offered}
 
+    # SETTLED does not wait for the ledger (it posts concurrently), and the ledger was
+    # the last process killed: give the restarted one time to catch up.
     ledger = sqlite3.connect(system.data_dir / "ledger.sqlite")
-    posts = ledger.execute("SELECT payment_id, count(*) FROM entries WHERE phase='post' GROUP BY payment_id").fetchall()
+    deadline = time.monotonic() + 60
+    query = "SELECT payment_id, count(*) FROM entries WHERE phase='post' GROUP BY payment_id"
+    while len(ledger.execute(query).fetchall()) < offered and time.monotonic() < deadline:
+        time.sleep(0.5)
+    posts = ledger.execute(query).fetchall()
     assert len(posts) == offered and all(count == 2 for _, count in posts), "one debit and one credit per payment"
     debits, credits = ledger.execute("SELECT sum(debits_posted), sum(credits_posted) FROM accounts").fetchone()
     assert debits == credits

@@ -1,0 +1,147 @@
+"""End to end, as a new user runs it: `payorch up`, then payments through the public API.
+
+`payorch up` is started with no Kafka configured, so it starts its own local broker,
+exactly as the README's run command does on a fresh machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from orchestrator.loadgen import offer_load
+from orchestrator.settings import REPO_ROOT
+from tests.harness import free_port
+
+pytestmark = pytest.mark.e2e
+
+UP_READY_TIMEOUT_S = 240
+OFFERED_RATE_PER_S = 300
+OFFERED_PAYMENTS = 3000
+
+
+class Up:
+    def __init__(self, work_dir: Path) -> None:
+        self.work_dir = work_dir
+        self.intake_port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.intake_port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PAYORCH_")}
+        env.update({
+            "PAYORCH_DATA_DIR": str(work_dir / "data"),
+            "PAYORCH_INTAKE__PORT": str(self.intake_port),
+            "PAYORCH_CLEARING__SIMULATOR_PORT": str(sim_port := free_port()),
+            "PAYORCH_CLEARING__BASE_URL": f"http://127.0.0.1:{sim_port}",
+            "PYTHONUNBUFFERED": "1",
+        })
+        self.env = env
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.output: list[str] = []
+        self.process = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "up"], env=env, cwd=REPO_ROOT,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                        start_new_session=True)
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        for line in self.process.stdout:
+            self.lines.put(line.rstrip("\n"))
+
+    def wait_for_line(self, needle: str, timeout_s: float) -> str:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.5)
+            except queue.Empty:
+                if self.process.poll() is not None:
+                    break
+                continue
+            self.output.append(line)
+            if needle in line:
+                return line
+        raise AssertionError(f"no line with {needle!r} within {timeout_s}s; output so far:\n" + "\n".join(self.output))
+
+    def pid_of(self, child: str) -> int:
+        return int((self.work_dir / "run" / f"{child}.pid").read_text())
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGINT)
+            try:
+                return self.process.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                return self.process.wait()
+        return self.process.returncode
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory):
+    running = Up(tmp_path_factory.mktemp("up"))
+    try:
+        running.wait_for_line("ready: intake on", UP_READY_TIMEOUT_S)
+        yield running
+    finally:
+        running.stop()
+
+
+def test_up_prints_ready_and_answers(up):
+    assert httpx.get(f"{up.base_url}/readyz").status_code == 200
+    assert any("local Kafka ready" in line for line in up.output), up.output
+
+
+def test_demo_runs_every_tenant_to_the_end(up):
+    result = subprocess.run([sys.executable, "-m", "orchestrator.cli", "demo", "--url", up.base_url,
+                             "--per-tenant", "2", "--timeout-s", "90"], cwd=REPO_ROOT, env=up.env,
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "8 payments sent: SETTLED 8, REJECTED 0, FAILED 0" in result.stdout, result.stdout
+    for tenant in ("na", "emea", "latam", "apac"):
+        assert f"{tenant} ·" in result.stdout
+
+
+def test_3000_payments_at_300_per_second_all_end(up):
+    result = asyncio.run(offer_load(up.base_url, rate_per_s=OFFERED_RATE_PER_S,
+                                    duration_s=OFFERED_PAYMENTS / OFFERED_RATE_PER_S, drain_timeout_s=300))
+    print("\n".join(result.report_lines()))
+    assert result.offered == OFFERED_PAYMENTS
+    assert result.accepted == OFFERED_PAYMENTS, result.report_lines()
+    assert result.unfinished == [], result.report_lines()
+    assert result.ended == OFFERED_PAYMENTS
+    assert result.statuses.get("SETTLED") == OFFERED_PAYMENTS, result.statuses
+
+
+def test_a_dead_stage_is_restarted_by_up(up):
+    victim = up.pid_of("settlement")
+    os.kill(victim, signal.SIGKILL)
+    up.wait_for_line("settlement exited with -9", 30)
+    deadline = time.monotonic() + 30
+    while up.pid_of("settlement") == victim and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert up.pid_of("settlement") != victim
+    body = __import__("orchestrator.samples", fromlist=["sample_body"]).sample_body("na")
+    payment_id = httpx.post(f"{up.base_url}/v1/payments", json=body, headers={"X-Tenant-Id": "na"}).json()["payment_id"]
+    deadline = time.monotonic() + 60
+    status = None
+    while time.monotonic() < deadline and status != "SETTLED":
+        status = httpx.get(f"{up.base_url}/v1/payments/{payment_id}", headers={"X-Tenant-Id": "na"}).json()["status"]
+        time.sleep(0.3)
+    assert status == "SETTLED"
+
+
+def test_ctrl_c_stops_everything_cleanly(up):
+    assert up.stop() == 0
+    rest = []
+    while not up.lines.empty():
+        rest.append(up.lines.get())
+    assert any(line == "stopped" for line in rest), rest
+    for child in ("intake", "ledger", "clearing-sim"):
+        assert not (up.work_dir / "run" / f"{child}.pid").exists()
