@@ -44,10 +44,11 @@ def build_stage(name: str, settings: Settings, tenants: dict[str, TenantConfig],
         from orchestrator.stages.routing import RoutingStage
         return RoutingStage(tenants, region, data_dir, codec)
     if name == "execution":
-        from adapters.clearing_client import ClearingClient
+        from adapters.clearing_batch import ClearingBatchClient
         from orchestrator.stages.execution import ExecutionStage
-        client = ClearingClient(settings.clearing.base_url, max_connections=settings.clearing.max_concurrent_requests)
-        return ExecutionStage(tenants, region, client, max_concurrent_requests=settings.clearing.max_concurrent_requests)
+        client = ClearingBatchClient(settings.clearing.base_url,
+                                     max_connections=settings.clearing.max_concurrent_requests)
+        return ExecutionStage(tenants, region, client)
     if name == "ledger":
         from orchestrator.stages.ledger import LedgerStage
         return LedgerStage(tenants, region, data_dir, codec)

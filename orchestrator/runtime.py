@@ -45,6 +45,8 @@ HEADER_TENANT_ID = "tenant_id"
 HEADER_TRACEPARENT = "traceparent"
 
 DLQ_HEADER_PREFIX = "payorch.dlq."
+# Each stage logs one line of throughput figures this often while it has work.
+STATS_REPORT_INTERVAL_S = 10.0
 # Error messages in DLQ headers are cut so a huge exception text cannot bloat a record.
 _DLQ_ERROR_MESSAGE_MAX_CHARS = 2_000
 
@@ -73,6 +75,10 @@ class RuntimeStats:
     dead_lettered: int = 0
     batches: int = 0
     last_batch_ms: float = 0.0
+    batch_ms_sum: float = 0.0
+    batch_ms_max: float = 0.0
+    reported_batches: int = 0
+    reported_handled: int = 0
     started_at: float = field(default_factory=time.monotonic)
 
 
@@ -189,6 +195,7 @@ class StageRunner:
                  extra={"stage": self.handler.name})
         tick_interval_s = self.settings.runtime.tick_interval_ms / 1000
         next_tick = time.monotonic() + tick_interval_s
+        next_report = time.monotonic() + STATS_REPORT_INTERVAL_S
         try:
             while not self._stop.is_set():
                 messages = self.consumer.consume(
@@ -200,8 +207,24 @@ class StageRunner:
                 if time.monotonic() >= next_tick:
                     self._run_tick()
                     next_tick = time.monotonic() + tick_interval_s
+                if time.monotonic() >= next_report:
+                    self._report()
+                    next_report = time.monotonic() + STATS_REPORT_INTERVAL_S
         finally:
             self.close()
+
+    def _report(self) -> None:
+        """One line per interval with work done, so a slow stage shows itself in the logs."""
+        stats = self.stats
+        batches = stats.batches - stats.reported_batches
+        if batches == 0:
+            return
+        handled = stats.handled - stats.reported_handled
+        log.info("stage %s: %d events in %d batches (mean %.1f per batch, mean %.1f ms, max %.1f ms)",
+                 self.handler.name, handled, batches, handled / batches, stats.batch_ms_sum / batches,
+                 stats.batch_ms_max, extra={"stage": self.handler.name, "count": handled})
+        stats.reported_batches, stats.reported_handled = stats.batches, stats.handled
+        stats.batch_ms_sum = stats.batch_ms_max = 0.0
 
     def _run_tick(self) -> None:
         outputs = self.handler.tick(datetime.now(UTC))
@@ -242,6 +265,8 @@ class StageRunner:
         self.stats.handled += len(events)
         self.stats.batches += 1
         self.stats.last_batch_ms = (time.perf_counter() - started) * 1000
+        self.stats.batch_ms_sum += self.stats.last_batch_ms
+        self.stats.batch_ms_max = max(self.stats.batch_ms_max, self.stats.last_batch_ms)
 
     def _decide(self, events: list[Event], sources: list[Message], poison: list) -> list[Event]:
         if not events:

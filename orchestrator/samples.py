@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from functools import lru_cache
 from collections.abc import Iterator
+
+from schwifty import IBAN
+
+from orchestrator.validation import iban_problem
 
 # tenant -> list of (label, body without amount/end_to_end_id, amount)
 _TEMPLATES: dict[str, list[tuple[str, dict, str]]] = {
@@ -71,13 +76,59 @@ _TEMPLATES: dict[str, list[tuple[str, dict, str]]] = {
 TENANTS = tuple(_TEMPLATES)
 
 
-def sample_body(tenant: str, index: int = 0, *, amount: str | None = None, unique: bool = True) -> dict:
-    """One JSON credit transfer for the tenant; `index` picks the rail round-robin."""
+def sample_body(tenant: str, index: int = 0, *, amount: str | None = None, unique: bool = True,
+                debtor_variant: int | None = None) -> dict:
+    """One JSON credit transfer for the tenant; `index` picks the rail round-robin.
+
+    `debtor_variant` gives the payment another (valid) debtor account, so load spread
+    over many debtors does not trip the fraud velocity rules the way one busy account
+    rightly does.
+    """
     label, template, default_amount = _TEMPLATES[tenant][index % len(_TEMPLATES[tenant])]
     body = {**template, "amount": amount or default_amount}
+    if debtor_variant is not None:
+        account = dict(_debtor_account(tuple(sorted(template["debtor"]["account"].items())),
+                                       debtor_variant % DEBTOR_VARIANTS))
+        body["debtor"] = {**template["debtor"], "account": account}
     if unique:
         body["end_to_end_id"] = f"E2E-{uuid.uuid4().hex[:24].upper()}"
     return body
+
+
+# Distinct debtor accounts per rail in generated load: enough that no account nears the
+# fraud velocity limits at thousands of payments per second, few enough to cache.
+DEBTOR_VARIANTS = 997
+IBAN_DEBTOR_VARIANTS = 101
+
+
+@lru_cache(maxsize=16 * DEBTOR_VARIANTS)
+def _debtor_account(account_items: tuple, variant: int) -> tuple:
+    return tuple(sorted(_vary_account(dict(account_items), variant).items()))
+
+
+def _vary_account(account: dict, variant: int) -> dict:
+    if "iban" in account:
+        # Generating a German IBAN with valid national check digits costs ~1 ms a try,
+        # so IBAN debtors cycle through fewer variants; still far below the velocity limits.
+        variant %= IBAN_DEBTOR_VARIANTS
+        iban = IBAN(account["iban"])
+        code = iban.account_code
+        # Same bank, another account: vary the last digits until the national check digits
+        # (Germany has them) hold as well; about one number in ten passes.
+        for attempt in range(variant * 16 % 1_000_000, variant * 16 % 1_000_000 + 1_000):
+            candidate = str(IBAN.generate(iban.country_code, bank_code=iban.bank_code + iban.branch_code,
+                                          account_code=code[: len(code) - 6] + f"{attempt % 1_000_000:06d}"))
+            if iban_problem(candidate) is None:
+                return {"iban": candidate}
+        return account
+    number = account["number"]
+    if number == account.get("bank_code") and len(number) == 18:
+        # A CLABE is both the account and its bank code: vary it and recompute its check digit.
+        body = number[:11] + f"{variant % 1_000_000:06d}"
+        total = sum((int(ch) * weight) % 10 for ch, weight in zip(body, (3, 7, 1) * 6))
+        clabe = body + str((10 - total % 10) % 10)
+        return {"number": clabe, "bank_code": clabe}
+    return {**account, "number": number[: max(1, len(number) - 6)] + f"{variant % 1_000_000:06d}"}
 
 
 def sample_label(tenant: str, index: int) -> str:
@@ -95,4 +146,4 @@ def round_robin_bodies() -> Iterator[tuple[str, dict]]:
     """An endless mix of (tenant, body) across every tenant and rail, for load tests."""
     for index in itertools.count():
         tenant = TENANTS[index % len(TENANTS)]
-        yield tenant, sample_body(tenant, index // len(TENANTS))
+        yield tenant, sample_body(tenant, index // len(TENANTS), debtor_variant=index)

@@ -27,9 +27,9 @@ class KafkaSettings(BaseModel):
     sasl_mechanism: Literal["OAUTHBEARER", "PLAIN", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
-    # Partitions bound the parallelism of one stage (instances beyond it idle). 6 per topic
+    # Partitions bound the parallelism of one stage (instances beyond it idle). 3 per topic
     # keeps a single local broker light (4 tenants x 16 topics); production sets more.
-    partitions: int = Field(default=6, ge=1, le=1_000)
+    partitions: int = Field(default=3, ge=1, le=1_000)
     replication_factor: int = Field(default=1, ge=1, le=5)
     extra: dict[str, str] = Field(default_factory=dict)
 

@@ -17,10 +17,10 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
-from adapters.clearing_client import ClearingClient, ClearingProtocolError, ClearingTimeout, ClearingUnavailable
+from adapters.clearing_batch import ClearingBatchClient
+from adapters.clearing_client import ClearingError, ClearingTimeout, ClearingUnavailable
 from adapters.iso20022 import IsoDocumentError
 from adapters.iso20022.pacs002 import ISO_REASON_DESCRIPTIONS, TransactionStatus, parse_pacs002
 from adapters.iso20022.pacs008 import build_pacs008
@@ -70,59 +70,78 @@ class ExecutionStage(Stage):
     input_topics = ("routed",)
     input_event_types = frozenset({"PaymentRouted"})
 
-    def __init__(self, tenants: dict[str, TenantConfig], region: str, client: ClearingClient, *,
-                 max_concurrent_requests: int = 64) -> None:
+    def __init__(self, tenants: dict[str, TenantConfig], region: str, client: ClearingBatchClient) -> None:
         super().__init__(tenants, region)
         self.client = client
-        self.pool = ThreadPoolExecutor(max_workers=max_concurrent_requests, thread_name_prefix="clearing")
 
     def handle_batch(self, events: Sequence[Event], now: datetime) -> list[Event]:
-        return list(self.pool.map(lambda event: self.handle(event, now)[0], events))
-
-    def handle(self, event: Event, now: datetime) -> list[Event]:
-        tenant = self.tenant(event)
-        rail = tenant.rails_by_name.get(event.payload["rail"])
-        if rail is None:
-            raise LookupError(f"tenant {tenant.tenant_id} has no rail {event.payload['rail']!r}")
-        message_id = clearing_message_id(event.payment_id)
-        document = build_pacs008([event.payment], rail, message_id=message_id, created_at=event.occurred_at)
-        failure: tuple[ReasonCode, str] | None = None
+        """Send the batch's payments concurrently; retry transient failures in place."""
+        work = []
+        for event in events:
+            tenant = self.tenant(event)
+            rail = tenant.rails_by_name.get(event.payload["rail"])
+            if rail is None:
+                raise LookupError(f"tenant {tenant.tenant_id} has no rail {event.payload['rail']!r}")
+            message_id = clearing_message_id(event.payment_id)
+            document = build_pacs008([event.payment], rail, message_id=message_id, created_at=event.occurred_at)
+            work.append((event, rail, message_id, document))
+        outcomes: dict[int, Event] = {}
+        failures: dict[int, tuple[ReasonCode, str]] = {}
+        pending = list(range(len(work)))
         for attempt in range(1, CLEARING_ATTEMPTS_MAX + 1):
-            try:
-                answer = self.client.submit(rail.clearing.endpoint_path, document, rail.clearing.timeout_ms / 1000)
-                report = parse_pacs002(answer)
-                status = next((s for s in report.statuses if s.original_uetr in (None, event.payment_id)), None)
-                if status is None and report.group_status == "RJCT":
-                    # The whole message was refused (e.g. FF01): the payment is refused with it.
-                    status = TransactionStatus(original_end_to_end_id=event.payment.end_to_end_id,
-                                               original_uetr=event.payment_id, status="RJCT",
-                                               reason_code=report.group_reason_code,
-                                               reason_text=report.group_reason_text)
-                if status is None:
-                    raise ClearingProtocolError("pacs.002 answer does not mention the payment")
-                event_type, payload = outcome_payload(rail, status, message_id, datetime.now(UTC))
-                return [self.emit(event, event_type, payload, datetime.now(UTC))]
-            except ClearingTimeout as exc:
-                failure = (ReasonCode.clearing_timeout, f"{rail.display_name} did not answer in time: {exc}")
-            except ClearingUnavailable as exc:
-                failure = (ReasonCode.clearing_unavailable, f"{rail.display_name} unavailable: {exc}")
-            except (ClearingProtocolError, IsoDocumentError) as exc:
-                failure = (ReasonCode.clearing_unavailable, f"{rail.display_name} answered unreadably: {exc}")
-            log.warning("clearing attempt %d/%d failed: %s", attempt, CLEARING_ATTEMPTS_MAX, failure[1],
-                        extra=event.log_context())
+            answers = self.client.submit_many(
+                [(work[i][1].clearing.endpoint_path, work[i][3], work[i][1].clearing.timeout_ms / 1000) for i in pending])
+            retry = []
+            for i, answer in zip(pending, answers, strict=True):
+                event, rail, message_id, _ = work[i]
+                result = self._interpret(event, rail, message_id, answer)
+                if isinstance(result, Event):
+                    outcomes[i] = result
+                    continue
+                failures[i] = result
+                log.warning("clearing attempt %d/%d failed: %s", attempt, CLEARING_ATTEMPTS_MAX, result[1],
+                            extra=event.log_context())
+                retry.append(i)
+            pending = retry
+            if not pending:
+                break
             if attempt < CLEARING_ATTEMPTS_MAX:
                 delay_ms = min(CLEARING_RETRY_DELAY_MS_MAX, CLEARING_RETRY_DELAY_MS_BASE * 2 ** (attempt - 1))
                 time.sleep(random.uniform(delay_ms / 2, delay_ms) / 1000)
-        code, detail = failure
-        payload = {
-            "rail": rail.name,
-            "reason_code": code.value,
-            "iso_reason_code": code.iso_code,
-            "reason_detail": detail,
-            "clearing_message_id": message_id,
-        }
-        return [self.emit(event, "PaymentFailed", payload, datetime.now(UTC))]
+        for i in pending:
+            event, rail, message_id, _ = work[i]
+            code, detail = failures[i]
+            outcomes[i] = self.emit(event, "PaymentFailed", {
+                "rail": rail.name, "reason_code": code.value, "iso_reason_code": code.iso_code,
+                "reason_detail": detail, "clearing_message_id": message_id}, datetime.now(UTC))
+        return [outcomes[i] for i in range(len(work))]
+
+    def handle(self, event: Event, now: datetime) -> list[Event]:
+        return self.handle_batch([event], now)
+
+    def _interpret(self, event: Event, rail: RailConfig, message_id: str, answer) -> Event | tuple[ReasonCode, str]:
+        """The outcome event of one clearing answer, or the transient failure to retry."""
+        if isinstance(answer, ClearingTimeout):
+            return ReasonCode.clearing_timeout, f"{rail.display_name} did not answer in time: {answer}"
+        if isinstance(answer, ClearingUnavailable):
+            return ReasonCode.clearing_unavailable, f"{rail.display_name} unavailable: {answer}"
+        if isinstance(answer, ClearingError):
+            return ReasonCode.clearing_unavailable, f"{rail.display_name} answered unreadably: {answer}"
+        try:
+            report = parse_pacs002(answer)
+        except IsoDocumentError as exc:
+            return ReasonCode.clearing_unavailable, f"{rail.display_name} answered unreadably: {exc}"
+        status = next((s for s in report.statuses if s.original_uetr in (None, event.payment_id)), None)
+        if status is None and report.group_status == "RJCT":
+            # The whole message was refused (e.g. FF01): the payment is refused with it.
+            status = TransactionStatus(original_end_to_end_id=event.payment.end_to_end_id,
+                                       original_uetr=event.payment_id, status="RJCT",
+                                       reason_code=report.group_reason_code, reason_text=report.group_reason_text)
+        if status is None:
+            return ReasonCode.clearing_unavailable, f"{rail.display_name} answered without mentioning the payment"
+        now = datetime.now(UTC)
+        event_type, payload = outcome_payload(rail, status, message_id, now)
+        return self.emit(event, event_type, payload, now)
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True)
         self.client.close()
