@@ -76,6 +76,7 @@ class Supervisor:
         self.local_kafka = LocalKafka(data_dir=self.settings.data_dir.parent / "kafka",
                                       log_dir=self.log_dir)
         bootstrap = self.local_kafka.start()
+        (self.run_dir / "kafka.pid").write_text(f"{self.local_kafka.pid}\n")
         self.echo(f"local Kafka ready at {bootstrap}")
         return bootstrap
 
@@ -185,4 +186,5 @@ class Supervisor:
             self.echo("stopping local Kafka ...")
             self.local_kafka.stop()
             self.local_kafka = None
+            (self.run_dir / "kafka.pid").unlink(missing_ok=True)
         self.echo("stopped")
