@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import sqlite3
 import logging
 import time
 import uuid
@@ -297,8 +298,13 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
     @app.get("/v1/payments/{payment_id}")
     async def get_payment(payment_id: str, request: Request):
         tenant = tenant_of(request)
+        if len(payment_id) > 64:
+            raise Problem("payment-not-found", "no such payment")
         store = tracking()
-        record = store.get(payment_id) if store else None
+        try:
+            record = store.get(payment_id) if store else None
+        except sqlite3.OperationalError:
+            record = None  # the tracking stage has not created its tables yet
         if record is None:
             accepted = state["idempotency"].accepted(payment_id)
             if accepted is not None:
@@ -309,7 +315,7 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
                                         "correlation_id": payment_id}]}
         # Another tenant's payment is indistinguishable from a missing one.
         if record is None or record["tenant_id"] != tenant.tenant_id:
-            raise Problem("payment-not-found", f"no payment {payment_id[:64]} for tenant {tenant.tenant_id}")
+            raise Problem("payment-not-found", f"no payment {payment_id} for tenant {tenant.tenant_id}")
         record["links"] = {"self": f"/v1/payments/{payment_id}"}
         return record
 
