@@ -29,8 +29,7 @@ _CONNECT_TIMEOUT_S = 2.0
 
 
 class ClearingBatchClient:
-    def __init__(self, base_url: str, *, max_connections: int = 64) -> None:
-        self.base_url = base_url.rstrip("/")
+    def __init__(self, *, max_connections: int = 64) -> None:
         self._max_connections = max_connections
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="clearing-io", daemon=True)
@@ -40,11 +39,11 @@ class ClearingBatchClient:
     async def _open(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=30)
         return aiohttp.ClientSession(
-            base_url=self.base_url, connector=connector, auto_decompress=False,
+            connector=connector, auto_decompress=False,
             headers={"Content-Type": _XML_MEDIA_TYPE, "Accept": f"{_XML_MEDIA_TYPE}, application/problem+json"})
 
     def submit_many(self, requests: Sequence[tuple[str, bytes, float]]) -> list[bytes | ClearingError]:
-        """POST each (endpoint path, pacs.008, timeout) concurrently; results in order."""
+        """POST each (absolute URL, pacs.008, timeout) concurrently; results in order."""
         if not requests:
             return []
         deadline_s = max(timeout for _, _, timeout in requests) + _CONNECT_TIMEOUT_S + 5
@@ -52,13 +51,13 @@ class ClearingBatchClient:
         return future.result(timeout=deadline_s)
 
     async def _submit_all(self, requests: Sequence[tuple[str, bytes, float]]) -> list[bytes | ClearingError]:
-        return list(await asyncio.gather(*(self._submit(path, document, timeout_s)
-                                           for path, document, timeout_s in requests)))
+        return list(await asyncio.gather(*(self._submit(url, document, timeout_s)
+                                           for url, document, timeout_s in requests)))
 
-    async def _submit(self, path: str, document: bytes, timeout_s: float) -> bytes | ClearingError:
+    async def _submit(self, url: str, document: bytes, timeout_s: float) -> bytes | ClearingError:
         timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, _CONNECT_TIMEOUT_S))
         try:
-            async with self._session.post(path, data=document, timeout=timeout, allow_redirects=False) as response:
+            async with self._session.post(url, data=document, timeout=timeout, allow_redirects=False) as response:
                 body = await response.read()
                 return _classify(response.status, response.headers, body)
         except aiohttp.ClientConnectorError as exc:

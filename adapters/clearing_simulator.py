@@ -45,7 +45,7 @@ import random
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -159,14 +159,18 @@ class ClearingSimulator:
         max_transactions: int = DEFAULT_MAX_TRANSACTIONS,
         max_responses: int = DEFAULT_MAX_RESPONSES,
         max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES,
+        rails: Collection[str] | None = None,
     ) -> None:
         self._rng = random.Random(seed)
         self.max_transactions = max_transactions
         self.max_responses = max_responses
         self.max_document_bytes = max_document_bytes
         self.rails: dict[str, _RailState] = {}
+        wanted = set(rails) if rails is not None else None
         for tenant in tenants.values():
             for rail in tenant.rails:
+                if wanted is not None and rail.name not in wanted:
+                    continue  # one simulator process per rail serves only its own rail
                 if rail.name in self.rails:
                     raise ValueError(
                         f"rail name {rail.name!r} is used by tenants {self.rails[rail.name].tenant_id!r} and "
@@ -186,6 +190,8 @@ class ClearingSimulator:
                 for currency in rail.currencies:
                     state.max_amount_minor[currency] = to_minor_units(format(rail.max_amount, "f"), currency)
                 self.rails[rail.name] = state
+        if wanted is not None and wanted - set(self.rails):
+            raise ValueError(f"no tenant file defines rails {sorted(wanted - set(self.rails))}")
         self._records: OrderedDict[str, TransactionRecord] = OrderedDict()
         self._responses: OrderedDict[str, _StoredResponse] = OrderedDict()
         self._inflight: dict[str, asyncio.Future[TransactionRecord]] = {}
@@ -505,10 +511,11 @@ def create_simulator_app(
     seed: int | None = None,
     max_transactions: int = DEFAULT_MAX_TRANSACTIONS,
     max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES,
+    rails: Collection[str] | None = None,
 ) -> FastAPI:
     """The CLEARING SIMULATOR as a FastAPI app (local runs and tests only)."""
     simulator = ClearingSimulator(
-        tenants, seed=seed, max_transactions=max_transactions, max_document_bytes=max_document_bytes
+        tenants, seed=seed, max_transactions=max_transactions, max_document_bytes=max_document_bytes, rails=rails
     )
     app = FastAPI(
         title="payorch CLEARING SIMULATOR",
@@ -589,12 +596,14 @@ def create_simulator_app(
     return app
 
 
-def run_simulator(host: str, port: int, tenants_dir: Path, *, seed: int | None = None) -> None:
-    """Serve the CLEARING SIMULATOR with uvicorn until interrupted (its own process)."""
+def run_simulator(host: str, port: int, tenants_dir: Path, *, seed: int | None = None,
+                  rails: Collection[str] | None = None) -> None:
+    """Serve the CLEARING SIMULATOR with uvicorn until interrupted (its own process);
+    `rails` limits it to some rails (`payorch up` runs one process per rail)."""
     import uvicorn
 
     tenants = load_tenants(Path(tenants_dir))
-    app = create_simulator_app(tenants, seed=seed)
+    app = create_simulator_app(tenants, seed=seed, rails=rails)
     log.warning(
         "CLEARING SIMULATOR listening on %s:%d for rails %s: a local stand-in, not a clearing system",
         host, port, ", ".join(sorted(app.state.simulator.rails)),

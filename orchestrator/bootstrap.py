@@ -46,9 +46,8 @@ def build_stage(name: str, settings: Settings, tenants: dict[str, TenantConfig],
     if name == "execution":
         from adapters.clearing_batch import ClearingBatchClient
         from orchestrator.stages.execution import ExecutionStage
-        client = ClearingBatchClient(settings.clearing.base_url,
-                                     max_connections=settings.clearing.max_concurrent_requests)
-        return ExecutionStage(tenants, region, client)
+        client = ClearingBatchClient(max_connections=settings.clearing.max_concurrent_requests)
+        return ExecutionStage(tenants, region, client, settings.clearing.url_for)
     if name == "ledger":
         from orchestrator.stages.ledger import LedgerStage
         return LedgerStage(tenants, region, data_dir, codec)

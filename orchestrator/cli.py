@@ -59,13 +59,18 @@ def intake() -> None:
 
 
 @app.command("clearing-sim")
-def clearing_sim() -> None:
+def clearing_sim(
+    rail: Annotated[list[str] | None, typer.Option(help="simulate only this rail (repeatable); default: all")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default: PAYORCH_CLEARING__SIMULATOR_PORT)")] = None,
+) -> None:
     """Run the CLEARING SIMULATOR (stands in for the rails locally; never in production)."""
     from adapters.clearing_simulator import run_simulator
 
     settings = get_settings()
-    configure_logging("clearing-sim", settings.log_level, settings.log_format)
-    run_simulator(settings.clearing.simulator_host, settings.clearing.simulator_port, settings.tenants_dir)
+    name = "clearing-sim" + (f"-{'-'.join(rail)}" if rail else "")
+    configure_logging(name, settings.log_level, settings.log_format)
+    run_simulator(settings.clearing.simulator_host, port or settings.clearing.simulator_port, settings.tenants_dir,
+                  rails=rail or None)
 
 
 @topics_app.command("create")

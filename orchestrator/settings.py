@@ -81,8 +81,14 @@ class IntakeSettings(BaseModel):
 class ClearingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    def url_for(self, rail: str, endpoint_path: str) -> str:
+        return self.rail_urls.get(rail, self.base_url).rstrip("/") + endpoint_path
+
     # Where execution reaches the clearing systems; locally the clearing simulator.
     base_url: str = "http://127.0.0.1:8090"
+    # Per-rail endpoints override base_url (`payorch up` runs one simulator per rail and
+    # sets this, e.g. PAYORCH_CLEARING__RAIL_URLS='{"fednow": "http://127.0.0.1:8090"}').
+    rail_urls: dict[str, str] = Field(default_factory=dict)
     simulator_host: str = "127.0.0.1"
     simulator_port: int = Field(default=8090, ge=1, le=65_535)
     max_concurrent_requests: int = Field(default=64, ge=1, le=1_024)

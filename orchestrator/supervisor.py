@@ -9,6 +9,7 @@ intake first, then the stages, then the broker.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -80,10 +81,20 @@ class Supervisor:
         self.echo(f"local Kafka ready at {bootstrap}")
         return bootstrap
 
-    def plan_children(self) -> None:
+    def rail_urls(self, tenants) -> dict[str, str]:
+        """One clearing simulator per rail, on consecutive ports from the configured one."""
+        rails = sorted(rail.name for tenant in tenants.values() for rail in tenant.rails)
+        host, first = self.settings.clearing.simulator_host, self.settings.clearing.simulator_port
+        return {rail: f"http://{host}:{first + index}" for index, rail in enumerate(rails)}
+
+    def plan_children(self, rail_urls: dict[str, str]) -> None:
         python = sys.executable
         cli = [python, "-m", "orchestrator.cli"]
-        self.children = [Child("clearing-sim", [*cli, "clearing-sim"], self.log_dir / "clearing-sim.log")]
+        self.children = [
+            Child(f"clearing-sim-{rail}", [*cli, "clearing-sim", "--rail", rail, "--port", url.rsplit(":", 1)[1]],
+                  self.log_dir / f"clearing-sim-{rail}.log")
+            for rail, url in rail_urls.items()
+        ]
         self.children += [Child(stage, [*cli, "run", stage], self.log_dir / f"{stage}.log") for stage in STAGE_NAMES]
         self.children.append(Child("intake", [*cli, "intake"], self.log_dir / "intake.log"))
 
@@ -109,8 +120,10 @@ class Supervisor:
             created, existing = create_topics(settings, tenants)
             self.echo(f"topics: {len(created)} created, {len(existing)} already there, for tenants "
                       f"{', '.join(sorted(tenants))}")
+            rail_urls = self.rail_urls(tenants)
             env = self._env(bootstrap)
-            self.plan_children()
+            env["PAYORCH_CLEARING__RAIL_URLS"] = json.dumps(rail_urls)
+            self.plan_children(rail_urls)
             for child in self.children:
                 self._spawn(child, env)
             self.echo(f"started {len(self.children)} processes; logs in {self.log_dir}")
@@ -166,7 +179,8 @@ class Supervisor:
     def shutdown(self) -> None:
         self.stopping = True
         # Intake first (no new payments), then the stages drain and commit, then the broker.
-        for group in (["intake"], [*STAGE_NAMES, "clearing-sim"]):
+        simulators = [c.name for c in self.children if c.name.startswith("clearing-sim")]
+        for group in (["intake"], list(STAGE_NAMES), simulators):
             members = [c for c in self.children if c.name in group and c.process and c.process.poll() is None]
             for child in members:
                 child.process.send_signal(signal.SIGTERM)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from adapters.clearing_batch import ClearingBatchClient
@@ -70,9 +70,11 @@ class ExecutionStage(Stage):
     input_topics = ("routed",)
     input_event_types = frozenset({"PaymentRouted"})
 
-    def __init__(self, tenants: dict[str, TenantConfig], region: str, client: ClearingBatchClient) -> None:
+    def __init__(self, tenants: dict[str, TenantConfig], region: str, client: ClearingBatchClient,
+                 url_for: Callable[[str, str], str]) -> None:
         super().__init__(tenants, region)
         self.client = client
+        self.url_for = url_for
 
     def handle_batch(self, events: Sequence[Event], now: datetime) -> list[Event]:
         """Send the batch's payments concurrently; retry transient failures in place."""
@@ -89,8 +91,9 @@ class ExecutionStage(Stage):
         failures: dict[int, tuple[ReasonCode, str]] = {}
         pending = list(range(len(work)))
         for attempt in range(1, CLEARING_ATTEMPTS_MAX + 1):
-            answers = self.client.submit_many(
-                [(work[i][1].clearing.endpoint_path, work[i][3], work[i][1].clearing.timeout_ms / 1000) for i in pending])
+            answers = self.client.submit_many([
+                (self.url_for(work[i][1].name, work[i][1].clearing.endpoint_path), work[i][3],
+                 work[i][1].clearing.timeout_ms / 1000) for i in pending])
             retry = []
             for i, answer in zip(pending, answers, strict=True):
                 event, rail, message_id, _ = work[i]

@@ -174,9 +174,7 @@ class LedgerStage(Stage):
                 raise LedgerInvariantError(f"payment {event.payment_id} executed after its funds were released")
             debit, credit = transfer["debit_account"], transfer["credit_account"]
             if state == RESERVED:
-                self.store.move(debit, "debits_pending", -amount)
-                self.store.move(credit, "credits_pending", -amount)
-                self.store.journal(event.payment_id, "reserve_void", credit, debit, amount, now.timestamp())
+                self._void_reservation(event.payment_id, debit, credit, amount, now)
             # state REJECTED: the clearing system moved the money although funds were
             # short; the ledger must record what happened, and the account goes past its line.
         self.store.move(debit, "debits_posted", amount)
@@ -201,13 +199,17 @@ class LedgerStage(Stage):
             if state == REJECTED:
                 return [self.codec.decode(transfer["final_event"])]
             debit, credit = transfer["debit_account"], transfer["credit_account"]
-            self.store.move(debit, "debits_pending", -amount)
-            self.store.move(credit, "credits_pending", -amount)
-            self.store.journal(event.payment_id, "reserve_void", credit, debit, amount, now.timestamp())
+            self._void_reservation(event.payment_id, debit, credit, amount, now)
             released_amount = amount
         released = self.emit(event, "FundsReleased", {"account_id": debit, "amount_minor": released_amount,
                                                       "reason_code": event.payload["reason_code"]}, now)
         return [self._store_event(event.payment_id, "final_event", released, RELEASED)]
+
+    def _void_reservation(self, payment_id: str, debit: str, credit: str, amount: int, now: datetime) -> None:
+        """Undo the pending amounts with balanced entries (the reverse of the reservation)."""
+        self.store.move(debit, "debits_pending", -amount)
+        self.store.move(credit, "credits_pending", -amount)
+        self.store.journal(payment_id, "reserve_void", credit, debit, amount, now.timestamp())
 
     def close(self) -> None:
         self.store.db.close()

@@ -98,6 +98,14 @@ def test_up_prints_ready_and_answers(up):
     assert any("local Kafka ready" in line for line in up.output), up.output
 
 
+def test_each_rail_has_its_own_clearing_simulator_process(up):
+    rails = {"fednow", "rtp", "lynx", "sepa_inst", "fps", "pix", "spei", "npp", "fast"}
+    pids = {rail: up.pid_of(f"clearing-sim-{rail}") for rail in rails}
+    assert len(set(pids.values())) == len(rails)
+    for pid in pids.values():
+        os.kill(pid, 0)  # alive
+
+
 def test_demo_runs_every_tenant_to_the_end(up):
     result = subprocess.run([sys.executable, "-m", "orchestrator.cli", "demo", "--url", up.base_url,
                              "--per-tenant", "2", "--timeout-s", "90"], cwd=REPO_ROOT, env=up.env,
@@ -143,5 +151,5 @@ def test_ctrl_c_stops_everything_cleanly(up):
     while not up.lines.empty():
         rest.append(up.lines.get())
     assert any(line == "stopped" for line in rest), rest
-    for child in ("intake", "ledger", "clearing-sim"):
+    for child in ("intake", "ledger", "clearing-sim-fednow", "kafka"):
         assert not (up.work_dir / "run" / f"{child}.pid").exists()
