@@ -15,8 +15,10 @@ app = typer.Typer(help="payorch: event-driven real-time payment orchestrator", n
                   add_completion=False, pretty_exceptions_enable=False)
 topics_app = typer.Typer(help="Kafka topics of every tenant", no_args_is_help=True)
 dlq_app = typer.Typer(help="Dead-letter topics: list, show and replay", no_args_is_help=True)
+ledger_app = typer.Typer(help="The double-entry ledger", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(ledger_app, name="ledger")
 
 
 @app.command()
@@ -143,6 +145,18 @@ def dlq_replay(
                      since=since, until=until),
         rate_per_s=rate, dry_run=dry_run, echo=typer.echo)
     typer.echo(result.summary_line(dry_run))
+
+
+@ledger_app.command("verify")
+def ledger_verify() -> None:
+    """Check every ledger invariant; exit 1 with a report if any fails."""
+    from orchestrator.ledger_verify import verify_ledger
+
+    result = verify_ledger(get_settings().data_dir)
+    for line in result.report_lines():
+        typer.echo(line)
+    typer.echo(result.summary_line())
+    raise typer.Exit(0 if result.ok else 1)
 
 
 @app.command()

@@ -319,6 +319,27 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
         record["links"] = {"self": f"/v1/payments/{payment_id}"}
         return record
 
+    @app.get("/v1/ledger/summary")
+    async def ledger_summary(request: Request):
+        tenant = tenant_of(request)
+        path = settings.data_dir / "ledger.sqlite"
+        if not path.exists():
+            return {"tenant_id": tenant.tenant_id, "currencies": [], "transfers": {}}
+        ledger = open_sqlite(path, read_only=True)
+        try:
+            currencies = [dict(row) for row in ledger.execute(
+                "SELECT currency, kind, count(*) AS accounts, sum(debits_posted) AS debits_posted_minor,"
+                " sum(credits_posted) AS credits_posted_minor, sum(debits_pending) AS debits_pending_minor,"
+                " sum(credits_pending) AS credits_pending_minor FROM accounts WHERE tenant_id=?"
+                " GROUP BY currency, kind ORDER BY currency, kind", (tenant.tenant_id,))]
+            transfers = {row["state"]: row["n"] for row in ledger.execute(
+                "SELECT state, count(*) AS n FROM transfers WHERE tenant_id=? GROUP BY state", (tenant.tenant_id,))}
+        except sqlite3.OperationalError:
+            currencies, transfers = [], {}
+        finally:
+            ledger.close()
+        return {"tenant_id": tenant.tenant_id, "currencies": currencies, "transfers": transfers}
+
     @app.get("/healthz")
     async def healthz():
         return {"status": "ok"}

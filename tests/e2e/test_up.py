@@ -125,6 +125,22 @@ def test_3000_payments_at_300_per_second_all_end(up):
     assert result.unfinished == [], result.report_lines()
     assert result.ended == OFFERED_PAYMENTS
     assert result.statuses.get("SETTLED") == OFFERED_PAYMENTS, result.statuses
+    # The ledger posts concurrently with settlement: once it has caught up, every
+    # invariant holds and every settled payment is posted exactly once.
+    deadline = time.monotonic() + 60
+    while True:
+        verify = subprocess.run([sys.executable, "-m", "orchestrator.cli", "ledger", "verify"], cwd=REPO_ROOT,
+                                env=up.env, capture_output=True, text=True, timeout=120)
+        if " 0 in flight" in verify.stdout or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "all invariants hold" in verify.stdout and " 0 in flight" in verify.stdout, verify.stdout
+    summary = httpx.get(f"{up.base_url}/v1/ledger/summary", headers={"X-Tenant-Id": "emea"}).json()
+    assert summary["tenant_id"] == "emea" and summary["transfers"].get("POSTED", 0) > 0
+    customer = [row for row in summary["currencies"] if row["kind"] == "customer" and row["currency"] == "EUR"]
+    clearing = [row for row in summary["currencies"] if row["kind"] == "clearing" and row["currency"] == "EUR"]
+    assert customer[0]["debits_posted_minor"] == clearing[0]["credits_posted_minor"] > 0
 
 
 def test_a_dead_stage_is_restarted_by_up(up):

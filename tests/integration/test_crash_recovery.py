@@ -72,6 +72,10 @@ def test_stages_killed_mid_flow_lose_nothing_and_post_nothing_twice(system):
     pending = ledger.execute("SELECT sum(debits_pending), sum(credits_pending) FROM accounts").fetchone()
     assert pending == (0, 0)
 
+    verify = system.cli("ledger", "verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "all invariants hold" in verify.stdout and f"{offered} ended payments checked" in verify.stdout
+
     tracking = sqlite3.connect(system.data_dir / "tracking.sqlite")
     duplicated = tracking.execute(
         "SELECT payment_id, event_type, count(*) FROM timeline GROUP BY payment_id, event_type HAVING count(*) > 1"

@@ -133,3 +133,27 @@ def test_simulation_duplicates_reordering_and_restarts(tmp_path, seed):
             ledger.handle_batch(batch, at(position))
         position += size
     check_invariants(ledger, outcomes)
+
+
+def test_verify_finds_a_broken_journal_and_passes_a_good_one(tmp_path):
+    from orchestrator.ledger_verify import verify_ledger
+    from orchestrator.stages.tracking import TrackingStore
+
+    ledger = LedgerStage(TENANTS, "test", tmp_path, CODEC)
+    tracking = TrackingStore(tmp_path / "tracking.sqlite")
+    routed, executed = routed_and_result()
+    outputs = ledger.handle_batch([routed], at(1)) + ledger.handle_batch([executed], at(2))
+    settled = follow(executed, "PaymentSettled", "settlement", {"rail": "sepa_inst", "cycle_id": "c",
+                                                                 "settlement_mode": "rtgs", "settlement_date": "d"})
+    tracking.record([routed, executed, settled, *outputs])
+    good = verify_ledger(tmp_path)
+    assert good.ok, good.report_lines()
+    assert good.payments_checked == 1
+    # Tamper: a posting without its balancing entry, and a payment tracking never saw.
+    ledger.store.db.execute("DELETE FROM entries WHERE phase='post' AND side='C'")
+    ledger.store.db.execute("INSERT INTO transfers (payment_id, tenant_id, currency, amount_minor, debit_account,"
+                            " credit_account, state) VALUES ('ghost', 'emea', 'EUR', 1, 'a', 'b', 'POSTED')")
+    bad = verify_ledger(tmp_path)
+    assert not bad.ok
+    assert {"debits_equal_credits", "balances_match_journal", "postings_match_status",
+            "postings_have_payments"} <= set(bad.violation_counts)
