@@ -21,7 +21,13 @@ from confluent_kafka import Consumer, Message, TopicPartition
 from orchestrator.bootstrap import make_codec
 from orchestrator.events import UndecodableEvent
 from orchestrator.kafka_clients import make_admin, make_producer
-from orchestrator.runtime import DLQ_HEADER_PREFIX, HEADER_CORRELATION_ID, HEADER_TENANT_ID, AckTracker, _await_acks
+from orchestrator.runtime import (
+    DLQ_HEADER_PREFIX,
+    HEADER_CORRELATION_ID,
+    HEADER_TENANT_ID,
+    AckTracker,
+    await_acks,
+)
 from orchestrator.settings import Settings
 from orchestrator.stages.tracking import TERMINAL_STATUSES, TrackingStore
 from orchestrator.storage import open_sqlite
@@ -181,7 +187,7 @@ class DeadLetters:
                 producer.produce(origin, key=message.key(), value=message.value(), headers=original_headers,
                                  on_delivery=tracker.callback)
                 tracker.pending += 1
-                _await_acks(producer, tracker, self.settings.runtime.produce_ack_timeout_s)
+                await_acks(producer, tracker, self.settings.runtime.produce_ack_timeout_s)
                 ledger.execute("INSERT INTO replayed VALUES (?, datetime('now'))", (location,))
                 echo(f"replayed {location} -> {origin} (correlation {headers.get(HEADER_CORRELATION_ID, '?')})")
                 if interval_s:

@@ -497,7 +497,11 @@ class LocalKafka:
             # makes kill()+restart() faster; it cannot cause spurious fencing
             # unless the whole JVM stalls for 5s.
             "broker.heartbeat.interval.ms": "1000",
-            "broker.session.timeout.ms": "5000",
+            # Not shorter: on a two-core machine under full load a starved JVM can miss
+            # heartbeats for seconds, and a broker fenced by its own controller takes its
+            # partitions offline mid-flow. 15s keeps that away at a small cost to
+            # kill()+restart() drills.
+            "broker.session.timeout.ms": "15000",
             # The defaults (3 network, 8 I/O threads) suit a many-core server; on a
             # two-core machine shared with a dozen client processes they mostly add
             # context switches. Two of each measured lower broker CPU per payment.

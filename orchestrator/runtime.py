@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from orchestrator.events import Event, EventCodec, UndecodableEvent
 from orchestrator.kafka_clients import make_consumer, make_producer
@@ -45,6 +45,9 @@ HEADER_TENANT_ID = "tenant_id"
 HEADER_TRACEPARENT = "traceparent"
 
 DLQ_HEADER_PREFIX = "payorch.dlq."
+# A commit that fails with a retriable error (a coordinator moving, a timeout) is retried
+# this many times before the process gives up and restarts.
+TXN_COMMIT_ATTEMPTS_MAX = 3
 # Each stage logs one line of throughput figures this often while it has work.
 STATS_REPORT_INTERVAL_S = 10.0
 # Error messages in DLQ headers are cut so a huge exception text cannot bloat a record.
@@ -73,6 +76,7 @@ class RuntimeStats:
     handled: int = 0
     produced: int = 0
     dead_lettered: int = 0
+    aborted_transactions: int = 0
     batches: int = 0
     last_batch_ms: float = 0.0
     batch_ms_sum: float = 0.0
@@ -118,25 +122,7 @@ class AckTracker:
             self.errors.append(str(err))
 
 
-def publish(
-    producer: Producer,
-    codec: EventCodec,
-    namer: TopicNamer,
-    events: Sequence[Event],
-    stage_topic: str,
-    ack_timeout_s: float,
-) -> int:
-    """Produce events to their tenant's stage topic and wait for every acknowledgement."""
-    tracker = AckTracker()
-    for event in events:
-        topic = namer.topic(event.tenant_id, stage_topic)
-        _produce(producer, topic, event.payment_id.encode(), codec.encode(event),
-                 event_headers(event, codec.writer.version), tracker)
-    _await_acks(producer, tracker, ack_timeout_s)
-    return len(events)
-
-
-def _produce(producer: Producer, topic: str, key: bytes, value: bytes, headers: list, tracker: AckTracker) -> None:
+def produce_record(producer: Producer, topic: str, key: bytes, value: bytes, headers: list, tracker: AckTracker) -> None:
     while True:
         try:
             producer.produce(topic, key=key, value=value, headers=headers, on_delivery=tracker.callback)
@@ -147,7 +133,7 @@ def _produce(producer: Producer, topic: str, key: bytes, value: bytes, headers: 
             producer.poll(0.05)
 
 
-def _await_acks(producer: Producer, tracker: AckTracker, timeout_s: float) -> None:
+def await_acks(producer: Producer, tracker: AckTracker, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while tracker.pending > 0:
         remaining = deadline - time.monotonic()
@@ -177,9 +163,16 @@ class StageRunner:
         self.stats = RuntimeStats()
         self._stop = threading.Event()
         client_id = f"payorch-{handler.name}-{instance_id}"
-        self.consumer: Consumer = make_consumer(settings, f"{settings.consumer_group_prefix}.{handler.name}",
-                                                 client_id, instance_id=instance_id)
-        self.producer: Producer = make_producer(settings, client_id)
+        group_id = f"{settings.consumer_group_prefix}.{handler.name}"
+        self.transactional = settings.runtime.exactly_once
+        self.consumer: Consumer = make_consumer(settings, group_id, client_id, instance_id=instance_id,
+                                                transactional=self.transactional)
+        # One transactional id per stage instance: a restarted instance fences its own
+        # zombie, and consumer-group metadata fences one that lost its partitions.
+        self.producer: Producer = make_producer(
+            settings, client_id, transactional_id=f"{group_id}.{instance_id}" if self.transactional else None)
+        if self.transactional:
+            self.producer.init_transactions(settings.runtime.produce_ack_timeout_s)
         self.input_topics = [self.namer.topic(t, s) for t in self.tenants for s in handler.input_topics]
 
     def request_stop(self, *_args: object) -> None:
@@ -228,8 +221,15 @@ class StageRunner:
 
     def _run_tick(self) -> None:
         outputs = self.handler.tick(datetime.now(UTC))
-        if outputs:
+        if not outputs:
+            return
+        if self.transactional:
+            # Timer outputs have no input offsets; an abort simply loses nothing, because
+            # the stage stored its decision and re-emits it on the next redelivery.
+            self._commit_transaction(outputs, [], [])
+        else:
             self._publish_outputs(outputs)
+        self.stats.produced += len(outputs)
 
     def process_batch(self, messages: list[Message]) -> None:
         started = time.perf_counter()
@@ -257,11 +257,17 @@ class StageRunner:
                 poison.append((message, exc))
 
         outputs = self._decide(events, sources, poison)
-        if poison:
-            self._dead_letter(poison)
-        if outputs:
-            self._publish_outputs(outputs)
-        self._commit(messages)
+        if self.transactional:
+            if not self._commit_transaction(outputs, poison, self._next_offsets(messages)):
+                return  # aborted and rewound: the batch is consumed again
+        else:
+            if poison:
+                self._dead_letter(poison)
+            if outputs:
+                self._publish_outputs(outputs)
+            self._store_offsets(messages)
+        self.stats.dead_lettered += len(poison)
+        self.stats.produced += len(outputs)
         self.stats.handled += len(events)
         self.stats.batches += 1
         self.stats.last_batch_ms = (time.perf_counter() - started) * 1000
@@ -289,16 +295,15 @@ class StageRunner:
         return outputs
 
     def _publish_outputs(self, outputs: list[Event]) -> None:
-        if self.output_topic is None:
-            raise RuntimeError(f"stage {self.handler.name} produced events but has no output topic")
-        self.stats.produced += publish(
-            self.producer, self.codec, self.namer, outputs, self.output_topic,
-            self.settings.runtime.produce_ack_timeout_s,
-        )
-
-    def _dead_letter(self, poison: list[tuple[Message, Exception]]) -> None:
         tracker = AckTracker()
+        for topic, key, value, headers in self._output_records(outputs):
+            produce_record(self.producer, topic, key, value, headers, tracker)
+        await_acks(self.producer, tracker, self.settings.runtime.produce_ack_timeout_s)
+
+    def _dead_letter_records(self, poison: list[tuple[Message, Exception]]) -> list[tuple]:
+        """(topic, key, value, headers) for each poison message: original bytes plus why."""
         failed_at = datetime.now(UTC).isoformat()
+        records = []
         for message, exc in poison:
             headers = list(message.headers() or [])
             headers += [
@@ -318,20 +323,84 @@ class StageRunner:
                 "tenant_id": header_value(message, HEADER_TENANT_ID),
             })
             # Original key and bytes go untouched so a replay is the same message.
-            _produce(self.producer, message.topic() + DLQ_SUFFIX, message.key(), message.value(), headers, tracker)
-        _await_acks(self.producer, tracker, self.settings.runtime.produce_ack_timeout_s)
-        self.stats.dead_lettered += len(poison)
+            records.append((message.topic() + DLQ_SUFFIX, message.key(), message.value(), headers))
+        return records
 
-    def _commit(self, messages: list[Message]) -> None:
-        """Mark the batch consumed; librdkafka commits stored offsets in the background."""
+    def _dead_letter(self, poison: list[tuple[Message, Exception]]) -> None:
+        tracker = AckTracker()
+        for topic, key, value, headers in self._dead_letter_records(poison):
+            produce_record(self.producer, topic, key, value, headers, tracker)
+        await_acks(self.producer, tracker, self.settings.runtime.produce_ack_timeout_s)
+
+    def _output_records(self, outputs: list[Event]) -> list[tuple]:
+        if not outputs:
+            return []
+        if self.output_topic is None:
+            raise RuntimeError(f"stage {self.handler.name} produced events but has no output topic")
+        return [(self.namer.topic(event.tenant_id, self.output_topic), event.payment_id.encode(),
+                 self.codec.encode(event), event_headers(event, self.codec.writer.version)) for event in outputs]
+
+    def _commit_transaction(self, outputs: list[Event], poison: list, offsets: list[TopicPartition]) -> bool:
+        """Outputs, dead letters and consumed offsets in one Kafka transaction.
+
+        Returns False when the transaction had to be aborted; the consumer is then
+        rewound to the last committed offsets and the batch is handled again (stages
+        are idempotent, and read_committed consumers never saw the aborted outputs).
+        Retriable commit errors are retried; fatal ones (a fenced zombie instance,
+        say) propagate and end the process, as librdkafka's transaction docs require.
+        """
+        timeout_s = self.settings.runtime.produce_ack_timeout_s
+        records = self._dead_letter_records(poison) + self._output_records(outputs)
+        try:
+            self.producer.begin_transaction()
+            tracker = AckTracker()
+            for topic, key, value, headers in records:
+                produce_record(self.producer, topic, key, value, headers, tracker)
+            if offsets:
+                self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), timeout_s)
+            for attempt in range(1, TXN_COMMIT_ATTEMPTS_MAX + 1):
+                try:
+                    self.producer.commit_transaction(timeout_s)
+                    break
+                except KafkaException as exc:
+                    if not exc.args[0].retriable() or attempt == TXN_COMMIT_ATTEMPTS_MAX:
+                        raise
+                    log.warning("retrying transaction commit: %s", exc, extra={"stage": self.handler.name})
+            return True
+        except KafkaException as exc:
+            error = exc.args[0]
+            if not error.txn_requires_abort():
+                raise
+            log.warning("aborting transaction and re-reading the batch: %s", error, extra={"stage": self.handler.name})
+            self.producer.abort_transaction(timeout_s)
+            self._rewind()
+            self.stats.aborted_transactions += 1
+            return False
+
+    def _rewind(self) -> None:
+        """Seek every assigned partition back to its committed offset."""
+        assignment = self.consumer.assignment()
+        if not assignment:
+            return
+        for partition in self.consumer.committed(assignment, timeout=self.settings.runtime.produce_ack_timeout_s):
+            if partition.offset < 0:
+                partition.offset = OFFSET_BEGINNING
+            self.consumer.seek(partition)
+
+    @staticmethod
+    def _next_offsets(messages: list[Message]) -> list[TopicPartition]:
         next_offsets: dict[tuple[str, int], int] = {}
         for message in messages:
             if message.error() is None:
                 key = (message.topic(), message.partition())
                 next_offsets[key] = max(next_offsets.get(key, 0), message.offset() + 1)
-        if not next_offsets:
+        return [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
+
+    def _store_offsets(self, messages: list[Message]) -> None:
+        """At-least-once mode: mark the batch consumed; librdkafka commits in the background."""
+        offsets = self._next_offsets(messages)
+        if not offsets:
             return
-        offsets = [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
         try:
             self.consumer.store_offsets(offsets=offsets)
         except KafkaException as exc:

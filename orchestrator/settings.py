@@ -63,6 +63,10 @@ class RuntimeSettings(BaseModel):
     produce_ack_timeout_s: float = Field(default=30.0, gt=0, le=600)
     producer_linger_ms: int = Field(default=2, ge=0, le=1_000)
     shutdown_timeout_s: float = Field(default=20.0, gt=0, le=300)
+    # Consume-transform-produce in Kafka transactions: a batch's outputs, dead letters
+    # and consumed offsets commit together or not at all. Off means at-least-once with
+    # offsets stored after the outputs are acknowledged (stages are idempotent either way).
+    exactly_once: bool = True
 
 
 class IntakeSettings(BaseModel):

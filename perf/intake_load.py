@@ -74,8 +74,10 @@ def self_contained(args: argparse.Namespace) -> None:
     env.update({"PAYORCH_DATA_DIR": str(work / "data"), "PAYORCH_INTAKE__PORT": str(port),
                 "PAYORCH_CLEARING__SIMULATOR_PORT": str(sim_port),
                 "PAYORCH_CLEARING__BASE_URL": f"http://127.0.0.1:{sim_port}",
-                "PAYORCH_LOG_LEVEL": "WARNING"})
-    print(f"starting payorch up in {work} ...", flush=True)
+                "PAYORCH_LOG_LEVEL": "WARNING",
+                "PAYORCH_RUNTIME__EXACTLY_ONCE": "false" if args.at_least_once else "true"})
+    mode = "at-least-once" if args.at_least_once else "exactly-once (Kafka transactions)"
+    print(f"starting payorch up in {work}, stages {mode} ...", flush=True)
     up = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "up"], cwd=REPO_ROOT, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
@@ -117,6 +119,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of offered load")
     parser.add_argument("--drain", type=float, default=120.0, help="seconds to wait for payments to end")
     parser.add_argument("--self-contained", action="store_true", help="start payorch up for the run")
+    parser.add_argument("--at-least-once", action="store_true",
+                        help="self-contained mode: stages without Kafka transactions (idempotent, at least once)")
     parser.add_argument("--warmup", type=float, default=WARMUP_DURATION_S_DEFAULT,
                         help="seconds of unmeasured load first (self-contained mode)")
     args = parser.parse_args()

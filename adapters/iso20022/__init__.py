@@ -1,4 +1,4 @@
-"""ISO 20022 adapters: hardened XML intake, XSD validation, pacs.008/pacs.002/pain.001.
+"""ISO 20022 adapters: hardened XML intake, XSD validation, pacs.008/pacs.002/pain.001/camt.054.
 
 `parse_iso_document` is the single entry point for inbound payment documents: it
 parses the bytes once with the hardened parser, reads the message from the root
@@ -13,6 +13,7 @@ from lxml import etree
 from orchestrator.domain import Payment
 
 from adapters.iso20022 import schemas
+from adapters.iso20022.camt054 import Camt054Entry, build_camt054
 from adapters.iso20022.errors import IsoDocumentError, XmlSecurityError, XmlSyntaxError
 from adapters.iso20022.pacs002 import (
     ISO_REASON_DESCRIPTIONS,
@@ -33,6 +34,7 @@ from adapters.iso20022.schemas import validate
 from adapters.iso20022.secure_xml import DEFAULT_MAX_DEPTH_LEVELS, DEFAULT_MAX_DOCUMENT_BYTES, parse_untrusted
 
 __all__ = [
+    "Camt054Entry",
     "DEFAULT_MAX_DEPTH_LEVELS",
     "DEFAULT_MAX_DOCUMENT_BYTES",
     "INBOUND_MESSAGE_VERSIONS",
@@ -46,6 +48,7 @@ __all__ = [
     "TransactionStatus",
     "XmlSecurityError",
     "XmlSyntaxError",
+    "build_camt054",
     "build_pacs002",
     "build_pacs008",
     "parse_iso_document",

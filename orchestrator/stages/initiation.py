@@ -21,6 +21,10 @@ from orchestrator.tenants import TenantConfig
 from orchestrator.validation import ValidationProblem, normalise_payment, select_rail, validate_payment
 
 
+# End-to-end ids that mean "no reference" (ISO 20022 / EPC usage), never a duplicate key.
+NO_REFERENCE_END_TO_END_IDS = frozenset({"NOTPROVIDED"})
+
+
 def debtor_key(payment: Payment) -> str:
     account = payment.debtor.account
     return account.iban or f"{account.bank_code or ''}/{account.number or ''}"
@@ -82,7 +86,13 @@ class InitiationStage(Stage):
         return [self.emit(event, "PaymentInitiated", {"rail_hint": rail_hint}, now, payment=normalised)]
 
     def _claim_instruction(self, payment: Payment, tenant: TenantConfig, at_s: float) -> str | None:
-        """Record the instruction; return the other payment id that already holds it."""
+        """Record the instruction; return the other payment id that already holds it.
+
+        "NOTPROVIDED" is ISO 20022's placeholder for "the payer gave no reference": it
+        identifies nothing, so it cannot make two payments duplicates of each other.
+        """
+        if payment.end_to_end_id.strip().upper() in NO_REFERENCE_END_TO_END_IDS:
+            return None
         key = (payment.tenant_id, debtor_key(payment), payment.end_to_end_id)
         row = self.db.execute(
             "SELECT payment_id, first_seen_s FROM seen_instructions"

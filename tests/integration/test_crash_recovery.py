@@ -25,9 +25,11 @@ OFFERED_RATE_PER_S = 100
 LOAD_DURATION_S = 6
 
 
-@pytest.fixture
-def system(kafka_bootstrap, tmp_path):
-    running = System(kafka_bootstrap, tmp_path)
+@pytest.fixture(params=["exactly-once", "at-least-once"])
+def system(request, kafka_bootstrap, tmp_path):
+    # Both runtime modes must survive crashes: transactions, and idempotent at-least-once.
+    exactly_once = "true" if request.param == "exactly-once" else "false"
+    running = System(kafka_bootstrap, tmp_path, extra_env={"PAYORCH_RUNTIME__EXACTLY_ONCE": exactly_once})
     try:
         running.start_all()
         yield running

@@ -109,3 +109,11 @@ def test_initiation_rejects_invalid_payment_with_reason_and_field(tmp_path):
     assert rejected.event_type == "PaymentRejected"
     assert rejected.payload["reason_code"] == "currency_not_allowed_for_tenant"
     assert rejected.payload["iso_reason_code"] == "AM03"
+
+
+def test_initiation_never_treats_the_no_reference_placeholder_as_a_duplicate(tmp_path):
+    stage = InitiationStage(TENANTS, "test", tmp_path)
+    first = received("emea", end_to_end_id="NOTPROVIDED")
+    second = received("emea", end_to_end_id="NOTPROVIDED")
+    outputs = stage.handle_batch([first, second], at(1))
+    assert [o.event_type for o in outputs] == ["PaymentInitiated", "PaymentInitiated"]
