@@ -319,6 +319,36 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
         record["links"] = {"self": f"/v1/payments/{payment_id}"}
         return record
 
+    @app.get("/v1/payments/{payment_id}/notification")
+    async def payment_notification(payment_id: str, request: Request, party: str = "debtor"):
+        """A camt.054 debit (debtor side) or credit (creditor side) notification of a
+        settled payment, for the tenant's account-holding systems and analytics."""
+        from adapters.iso20022.camt054 import Camt054Entry, build_camt054
+
+        tenant = tenant_of(request)
+        if party not in ("debtor", "creditor"):
+            raise Problem("validation-error", "party must be debtor or creditor", errors=[])
+        store = tracking()
+        try:
+            snapshot = store.snapshot(payment_id) if store and len(payment_id) <= 64 else None
+        except sqlite3.OperationalError:
+            snapshot = None
+        if snapshot is None or snapshot[0].tenant_id != tenant.tenant_id:
+            raise Problem("payment-not-found", f"no payment {payment_id[:64]} for tenant {tenant.tenant_id}")
+        payment, rail_name, settled_at = snapshot
+        if settled_at is None:
+            raise Problem("payment-not-settled", "a notification exists only once the payment has settled")
+        rail = tenant.rails_by_name.get(rail_name or "")
+        holder = payment.debtor if party == "debtor" else payment.creditor
+        booked_at = datetime.fromisoformat(settled_at)
+        document = build_camt054(
+            [Camt054Entry(payment=payment, credit_debit="DBIT" if party == "debtor" else "CRDT",
+                          booked_at=booked_at, rail=rail)],
+            message_id=("N" + payment_id.replace("-", ""))[:35], created_at=datetime.now(UTC),
+            account=holder.account, account_owner=holder.name, currency=payment.currency,
+            account_servicer=holder.agent, bank_code_scheme=rail.bank_code_scheme if rail else None)
+        return Response(document, media_type="application/xml")
+
     @app.get("/v1/ledger/summary")
     async def ledger_summary(request: Request):
         tenant = tenant_of(request)

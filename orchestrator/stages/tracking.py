@@ -15,6 +15,7 @@ from pathlib import Path
 
 import orjson
 
+from orchestrator.domain import Payment, payment_from_record, payment_to_record
 from orchestrator.events import Event
 from orchestrator.stages.base import Stage
 from orchestrator.storage import open_sqlite, transaction
@@ -72,6 +73,10 @@ class TrackingStore:
                   event_type TEXT NOT NULL, occurred_at TEXT NOT NULL, correlation_id TEXT NOT NULL,
                   causation_id TEXT, region TEXT NOT NULL, details TEXT NOT NULL);
                 CREATE INDEX IF NOT EXISTS timeline_by_payment ON timeline (payment_id, occurred_at);
+                -- The payment as its latest event carried it, for statements and
+                -- notifications (camt.054); served only to the payment's own tenant.
+                CREATE TABLE IF NOT EXISTS payment_snapshots (
+                  payment_id TEXT PRIMARY KEY, payment TEXT NOT NULL, rail TEXT, settled_at TEXT);
                 CREATE INDEX IF NOT EXISTS payments_by_status ON payments (tenant_id, status);
                 """
             )
@@ -90,6 +95,7 @@ class TrackingStore:
                 ).rowcount
                 if not inserted:
                     continue
+                self._snapshot(event)
                 row = self.db.execute("SELECT status FROM payments WHERE payment_id=?", (event.payment_id,)).fetchone()
                 status = next_status(row["status"] if row else None, event.event_type)
                 if status is None:
@@ -105,6 +111,22 @@ class TrackingStore:
                     (event.payment_id, event.tenant_id, status, *reason, payment.end_to_end_id,
                      payment.amount_minor, payment.currency, event.occurred_at.isoformat()),
                 )
+
+    def _snapshot(self, event: Event) -> None:
+        rail = event.payload.get("rail")
+        settled_at = event.occurred_at.isoformat() if event.event_type == "PaymentSettled" else None
+        self.db.execute(
+            "INSERT INTO payment_snapshots VALUES (?,?,?,?) ON CONFLICT (payment_id) DO UPDATE SET"
+            " payment=excluded.payment, rail=coalesce(excluded.rail, rail),"
+            " settled_at=coalesce(excluded.settled_at, settled_at)",
+            (event.payment_id, orjson.dumps(payment_to_record(event.payment)).decode(), rail, settled_at))
+
+    def snapshot(self, payment_id: str) -> tuple[Payment, str | None, str | None] | None:
+        """(payment, rail, settled_at) as last seen, or None."""
+        row = self.db.execute("SELECT * FROM payment_snapshots WHERE payment_id=?", (payment_id,)).fetchone()
+        if row is None:
+            return None
+        return payment_from_record(orjson.loads(row["payment"])), row["rail"], row["settled_at"]
 
     def get(self, payment_id: str) -> dict | None:
         row = self.db.execute("SELECT * FROM payments WHERE payment_id=?", (payment_id,)).fetchone()

@@ -266,3 +266,25 @@ def test_hostile_or_wrong_xml_is_refused_quickly(system, case, document, status)
     assert answer.headers["content-type"].startswith("application/problem+json")
     assert "root:" not in answer.text
     assert httpx.get(f"{system.base_url}/healthz").status_code == 200
+
+
+def test_settled_payment_has_camt054_notifications_for_both_parties(system):
+    from lxml import etree
+
+    from adapters.iso20022 import schemas
+
+    payment_id = post_ok(system, "emea", sample_body("emea"))
+    assert system.wait_terminal({payment_id: "emea"})[payment_id]["status"] == "SETTLED"
+    for party, direction in (("debtor", "DBIT"), ("creditor", "CRDT")):
+        answer = httpx.get(f"{system.base_url}/v1/payments/{payment_id}/notification", params={"party": party},
+                           headers={"X-Tenant-Id": "emea"})
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["content-type"].startswith("application/xml")
+        root = etree.fromstring(answer.content)
+        schemas.validate(root, "camt.054.001.08")
+        ns = {"c": "urn:iso:std:iso:20022:tech:xsd:camt.054.001.08"}
+        assert root.findtext(".//c:Ntry/c:CdtDbtInd", namespaces=ns) == direction
+        assert root.findtext(".//c:Ntry/c:Amt", namespaces=ns) == "125.50"
+        assert payment_id in answer.text  # the UETR
+    assert httpx.get(f"{system.base_url}/v1/payments/{payment_id}/notification",
+                     headers={"X-Tenant-Id": "na"}).status_code == 404
