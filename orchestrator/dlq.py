@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from orchestrator.bootstrap import make_codec
 from orchestrator.events import UndecodableEvent
@@ -109,6 +109,10 @@ class DeadLetters:
                     continue
                 key = (message.topic(), message.partition())
                 if message.error():
+                    # End of partition. Offsets alone cannot tell: a DLQ written in
+                    # transactions ends with a commit marker that takes an offset too.
+                    if message.error().code() == KafkaError._PARTITION_EOF:
+                        remaining.pop(key, None)
                     continue
                 idle_deadline = time.monotonic() + 30
                 yield message

@@ -8,6 +8,7 @@ only and commits offsets by hand, after its outputs are acknowledged.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
@@ -128,7 +129,28 @@ def create_topics(settings: Settings, tenants: Iterable[str], *, timeout_s: floa
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise
+    _wait_for_leaders(admin, wanted, timeout_s)
     return created, sorted(set(wanted) - set(created))
+
+
+def _wait_for_leaders(admin: AdminClient, topics: list[str], timeout_s: float) -> None:
+    """Return once every partition of `topics` has a leader.
+
+    CreateTopics answers when the controller has recorded the topics, before the broker
+    serves them; producers and consumers that start in that gap see errors and, worse,
+    consumers may compute their start offsets against partitions that are not ready.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        metadata = admin.list_topics(timeout=timeout_s)
+        not_ready = [name for name in topics
+                     if name not in metadata.topics or metadata.topics[name].error is not None
+                     or any(p.leader < 0 or p.error is not None for p in metadata.topics[name].partitions.values())]
+        if not not_ready:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(not_ready)} topics have partitions without a leader, e.g. {not_ready[:3]}")
+        time.sleep(0.2)
 
 
 def broker_reachable(settings: Settings, timeout_s: float = 2.0) -> bool:
