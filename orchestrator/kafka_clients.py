@@ -2,7 +2,9 @@
 
 Every producer is idempotent with acks=all: a retried send never duplicates or
 reorders a payment's events within a partition. Every consumer reads committed data
-only and commits offsets by hand, after its outputs are acknowledged.
+only. Offsets are committed inside each output transaction (exactly-once mode), or
+stored after the outputs are acknowledged and committed in the background
+(at-least-once mode); never before a batch's outputs are safe.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from orchestrator.topics import TopicNamer
 
 log = logging.getLogger("payorch.kafka")
 
-# Payment events are small (~350 bytes); lz4 trades little CPU for less broker I/O.
+# Payment events are small (~350 bytes) and mostly unique; on loopback, compressing them
+# measured as pure CPU cost (broker and clients) with nothing saved. Set
+# PAYORCH_KAFKA__EXTRA='{"compression.type": "lz4"}' where the network is the bottleneck.
 _COMPRESSION = "none"
 # A dead-lettered or replayed message keeps the retention of its topic; 7 days lets
 # operators act on a weekend incident.

@@ -5,7 +5,7 @@ handle (by header, before decoding), decode, hand the batch to the stage, produc
 outputs with the idempotent producer, wait until the broker acknowledged all of them,
 and only then commit the consumed offsets. A crash anywhere in between redelivers the
 batch; stages are idempotent and derive output event ids from their causes, so the
-redelivery re-emits identical events that consumers drop as duplicates.
+redelivery re-emits events with the same ids, which consumers drop as duplicates.
 
 Failures take one of four paths:
 - a business outcome (rejection, hold) is an ordinary output event of the stage;
@@ -238,12 +238,16 @@ class StageRunner:
         if not outputs:
             return
         if self.transactional:
-            # Timer outputs have no input offsets; an abort simply loses nothing, because
-            # the stage stored its decision and re-emits it on the next redelivery.
-            self._commit_transaction(outputs, [], [])
+            # Timer outputs have no input offsets to redeliver them: the stage keeps them
+            # until `published` confirms them, and re-emits them on the next tick.
+            if not self._commit_transaction(outputs, [], []):
+                return
         else:
             self._publish_outputs(outputs)
         self.stats.produced += len(outputs)
+        confirm = getattr(self.handler, "published", None)
+        if confirm is not None:
+            confirm(outputs)
 
     def process_batch(self, messages: list[Message]) -> None:
         started = time.perf_counter()
@@ -419,7 +423,7 @@ class StageRunner:
             self.consumer.store_offsets(offsets=offsets)
         except KafkaException as exc:
             # Typically a rebalance took the partitions away: the new owner re-reads the
-            # batch and, stages being idempotent, re-emits identical events.
+            # batch and, stages being idempotent, re-emits events with the same ids.
             log.warning("storing offsets failed: %s", exc, extra={"stage": self.handler.name})
 
     def close(self) -> None:

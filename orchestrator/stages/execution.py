@@ -2,7 +2,7 @@
 
 The pure parts are translation (canonical payment to pacs.008, pacs.002 to an outcome
 event, both in `adapters.iso20022`); the one I/O is the clearing call, made through the
-`ClearingClient` port so tests and the runtime can point it at the clearing simulator.
+`ClearingBatchClient` port so tests and the runtime can point it at the clearing simulator.
 A batch's payments are sent concurrently (bounded by the settings) because each call
 waits on a remote system and the batch must not be as slow as the sum of its calls.
 

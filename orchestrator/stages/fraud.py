@@ -1,7 +1,7 @@
 """Fraud scoring: amount rules and velocity per debtor account.
 
 The velocity history lives in SQLite so a restart does not forget the last minute of
-a debtor's activity. History is read as of the payment's own receipt time, so a
+a debtor's activity. History is read as of the initiated event's time, so a
 redelivered event sees the same history and gets the same score.
 """
 
@@ -47,8 +47,8 @@ class FraudStage(Stage):
         tenant = self.tenant(event)
         payment = event.payment
         key = debtor_key(payment)
-        # The payment's receipt time is the causation chain's first timestamp; using the
-        # event time keeps a redelivery's score identical.
+        # The initiated event's time, not the clock, so the same event is judged
+        # against the same window whenever it is delivered.
         at_s = event.occurred_at.timestamp()
         window_start_s = at_s - tenant.fraud.velocity_window_s
         history = [

@@ -77,10 +77,15 @@ class InitiationStage(Stage):
     def handle(self, event: Event, now: datetime) -> list[Event]:
         tenant = self.tenant(event)
         payment = normalise_payment(event.payment)
-        duplicate_of = self._claim_instruction(payment, tenant, event.occurred_at.timestamp())
-        normalised, problems, rail_hint = decide_initiation(
-            payment, tenant, today=event.occurred_at.date(), duplicate_of=duplicate_of
-        )
+        today = event.occurred_at.date()
+        normalised, problems, rail_hint = decide_initiation(payment, tenant, today=today, duplicate_of=None)
+        if not problems:
+            # Only a valid instruction claims its end-to-end id: a rejected one must not
+            # block the corrected payment that follows it.
+            duplicate_of = self._claim_instruction(payment, tenant, event.occurred_at.timestamp())
+            if duplicate_of is not None:
+                normalised, problems, rail_hint = decide_initiation(payment, tenant, today=today,
+                                                                    duplicate_of=duplicate_of)
         if problems:
             return [self.emit(event, "PaymentRejected", rejection_payload(problems[0]), now, payment=normalised)]
         return [self.emit(event, "PaymentInitiated", {"rail_hint": rail_hint}, now, payment=normalised)]

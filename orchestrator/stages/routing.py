@@ -83,6 +83,13 @@ class RoutingStage(Stage):
         )
         self.db.execute("CREATE INDEX IF NOT EXISTS verdict_joins_open ON verdict_joins (tenant_id, first_seen_s)"
                         " WHERE decision IS NULL")
+        # Timeout decisions come from a timer, not from an input the broker would
+        # redeliver; until the runtime confirms they were published, every tick
+        # re-emits them (same event ids), so a crash between deciding and publishing
+        # cannot strand the payment.
+        columns = {row["name"] for row in self.db.execute("PRAGMA table_info(verdict_joins)")}
+        if "timeout_unpublished" not in columns:
+            self.db.execute("ALTER TABLE verdict_joins ADD COLUMN timeout_unpublished INTEGER NOT NULL DEFAULT 0")
 
     def handle_batch(self, events: Sequence[Event], now: datetime) -> list[Event]:
         with transaction(self.db):
@@ -118,8 +125,9 @@ class RoutingStage(Stage):
         return decision
 
     def tick(self, now: datetime) -> list[Event]:
-        outputs = []
         with transaction(self.db):
+            outputs = [self.codec.decode(row["decision"]) for row in self.db.execute(
+                "SELECT decision FROM verdict_joins WHERE timeout_unpublished=1 LIMIT ?", (_TIMEOUT_SWEEP_MAX_ROWS,))]
             for tenant_id, tenant in self.tenants.items():
                 deadline_s = now.timestamp() - tenant.routing.verdict_timeout_s
                 rows = self.db.execute(
@@ -134,8 +142,17 @@ class RoutingStage(Stage):
                         ReasonCode.screening_verdict_timeout,
                         f"no {missing} verdict within {tenant.routing.verdict_timeout_s}s",
                     )
-                    outputs.append(self._record_decision(self.emit(cause, "PaymentRejected", payload, now)))
+                    decision = self._record_decision(self.emit(cause, "PaymentRejected", payload, now))
+                    self.db.execute("UPDATE verdict_joins SET timeout_unpublished=1 WHERE payment_id=?",
+                                    (decision.payment_id,))
+                    outputs.append(decision)
         return outputs
+
+    def published(self, outputs: list[Event]) -> None:
+        """The runtime confirms timer outputs reached the broker."""
+        with transaction(self.db):
+            self.db.executemany("UPDATE verdict_joins SET timeout_unpublished=0 WHERE payment_id=?",
+                                [(event.payment_id,) for event in outputs])
 
     def close(self) -> None:
         self.db.close()

@@ -78,6 +78,9 @@ def test_missing_verdict_times_out_to_a_rejection_once(tmp_path):
     assert rejected.event_type == "PaymentRejected"
     assert rejected.payload["reason_code"] == "screening_verdict_timeout"
     assert "fraud" in rejected.payload["reason_detail"]
+    # Not confirmed as published (a crash before the broker took it): emitted again.
+    assert routing.tick(at(timeout_s + 2)) == [rejected]
+    routing.published([rejected])
     assert routing.tick(at(timeout_s + 100)) == []
     # The late verdict does not reopen the decision.
     assert routing.handle_batch([f], at(timeout_s + 2)) == [rejected]

@@ -117,3 +117,12 @@ def test_initiation_never_treats_the_no_reference_placeholder_as_a_duplicate(tmp
     second = received("emea", end_to_end_id="NOTPROVIDED")
     outputs = stage.handle_batch([first, second], at(1))
     assert [o.event_type for o in outputs] == ["PaymentInitiated", "PaymentInitiated"]
+
+
+def test_a_rejected_instruction_does_not_block_its_corrected_retry(tmp_path):
+    stage = InitiationStage(TENANTS, "test", tmp_path)
+    bad = received("emea", end_to_end_id="INV-9")
+    bad = bad.__class__(**{**{f: getattr(bad, f) for f in bad.__dataclass_fields__},
+                           "payment": bad.payment.replace(currency="JPY", amount_minor=100)})
+    fixed = received("emea", end_to_end_id="INV-9")
+    assert [o.event_type for o in stage.handle_batch([bad, fixed], at(1))] == ["PaymentRejected", "PaymentInitiated"]
