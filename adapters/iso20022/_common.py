@@ -33,6 +33,7 @@ from lxml import etree
 from orchestrator.domain import Account, Agent, MoneyError, Party, currency_exponent, to_minor_units
 
 from adapters.iso20022.errors import IsoDocumentError
+from adapters.iso20022 import schemas
 from adapters.iso20022.schemas import element_path
 
 # ExternalClearingSystemIdentification1Code values from the ISO external code list
@@ -350,3 +351,15 @@ def check_control_sum(element: etree._Element | None, actual: Decimal) -> Decima
             path=element_path(element),
         )
     return declared
+
+
+def require_message_version(root: etree._Element, expected: str) -> None:
+    """Refuse a document of another message version, then XSD-validate it."""
+    version = schemas.message_version_of(root)
+    if version != expected:
+        raise IsoDocumentError(
+            "unsupported-message", "Unsupported message",
+            f"expected a {expected} document, got {version or etree.QName(root).namespace or 'no namespace'}",
+            path=element_path(root),
+        )
+    schemas.validate(root, expected)

@@ -31,6 +31,7 @@ from lxml import etree
 
 from adapters.iso20022 import schemas
 from adapters.iso20022._common import (
+    require_message_version,
     Xml,
     clean_text,
     format_datetime,
@@ -39,7 +40,6 @@ from adapters.iso20022._common import (
     uuid_from_transaction_id,
 )
 from adapters.iso20022.errors import IsoDocumentError
-from adapters.iso20022.schemas import element_path
 from adapters.iso20022.secure_xml import DEFAULT_MAX_DOCUMENT_BYTES, parse_untrusted
 
 __all__ = [
@@ -202,14 +202,7 @@ def build_pacs002(
 def parse_pacs002(data: bytes, *, max_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES) -> ParsedPacs002:
     """Securely parse and XSD-validate a pacs.002.001.12 status report."""
     root = parse_untrusted(data, max_bytes=max_bytes)
-    version = schemas.message_version_of(root)
-    if version != MESSAGE_VERSION:
-        raise IsoDocumentError(
-            "unsupported-message", "Unsupported message",
-            f"expected a {MESSAGE_VERSION} document, got {version or etree.QName(root).namespace or 'no namespace'}",
-            path=element_path(root),
-        )
-    schemas.validate(root, MESSAGE_VERSION)
+    require_message_version(root, MESSAGE_VERSION)
 
     report = _X.find(root, "FIToFIPmtStsRpt")
     header = _X.find(report, "GrpHdr")

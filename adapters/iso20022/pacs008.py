@@ -32,6 +32,7 @@ from orchestrator.tenants import RailConfig
 
 from adapters.iso20022 import schemas
 from adapters.iso20022._common import (
+    require_message_version,
     MAX_CASH_CLEARING_SYSTEM_CODE_CHARS,
     MAX_PURPOSE_CODE_CHARS,
     MAX_REMITTANCE_CHARS,
@@ -218,14 +219,7 @@ def parse_pacs008(data: bytes, tenant_id: str, *, max_bytes: int = DEFAULT_MAX_D
 
 def parse_pacs008_root(root: etree._Element, tenant_id: str) -> ParsedPacs008:
     """As parse_pacs008, for a root already produced by `parse_untrusted`."""
-    version = schemas.message_version_of(root)
-    if version != MESSAGE_VERSION:
-        raise IsoDocumentError(
-            "unsupported-message", "Unsupported message",
-            f"expected a {MESSAGE_VERSION} document, got {version or etree.QName(root).namespace or 'no namespace'}",
-            path=element_path(root),
-        )
-    schemas.validate(root, MESSAGE_VERSION)
+    require_message_version(root, MESSAGE_VERSION)
 
     transfer = _X.find(root, "FIToFICstmrCdtTrf")
     header = _X.find(transfer, "GrpHdr")

@@ -18,6 +18,8 @@ from orchestrator.tenants import RailConfig, load_tenants
 from adapters.iso20022 import Camt054Entry, IsoDocumentError, build_camt054, schemas, validate
 from adapters.iso20022._common import CLEARING_SYSTEM_IDS
 from adapters.iso20022.camt054 import MESSAGE_VERSION, bank_transaction_code
+from tests.unit.iso_samples import sample_party
+from tests.unit.iso_samples import sample_payment as _sample_payment
 
 ROOT = Path(__file__).resolve().parents[2]
 TENANTS = load_tenants(ROOT / "tenants")
@@ -26,32 +28,8 @@ CREATED_AT = datetime(2026, 3, 2, 9, 30, 0, 123000, tzinfo=UTC)
 BOOKED_AT = datetime(2026, 3, 2, 9, 29, 58, 500000, tzinfo=UTC)
 NS = {"d": schemas.namespace_of(MESSAGE_VERSION)}
 
-# Digits per bank-code scheme, for realistic sample accounts (as in test_iso20022).
-BANK_CODE_DIGITS = {"aba": 9, "sort_code": 6, "bsb": 6, "transit": 9, "ispb": 8, "clabe": 3, "fast_bank_code": 4}
-
-
-def sample_party(rail: RailConfig, name: str, seed: int) -> Party:
-    if rail.creditor_account == "iban":
-        return Party(name, Account(iban=f"DE{seed:02d}370400440532013{seed:03d}"), Agent(bic="COBADEFFXXX"), "DE")
-    digits = BANK_CODE_DIGITS[rail.bank_code_scheme or "aba"]
-    number = ("0" * 18 + str(seed))[-18:] if rail.bank_code_scheme == "clabe" else f"{seed:08d}"
-    return Party(name, Account(number=number, bank_code=str(seed % 10) * digits), Agent())
-
-
 def sample_payment(tenant_id: str, rail: RailConfig, **changes: object) -> Payment:
-    payment = Payment(
-        payment_id=str(uuid.uuid4()),
-        tenant_id=tenant_id,
-        end_to_end_id="E2E-" + rail.name.upper(),
-        amount_minor=to_minor_units("125.50", rail.currencies[0]),
-        currency=rail.currencies[0],
-        debtor=sample_party(rail, "Alice Example", 11),
-        creditor=sample_party(rail, "Bob Example", 22),
-        remittance_information="Invoice 42",
-        purpose_code="GDDS",
-        source_message_id="MSG-SOURCE-1",
-    )
-    return payment.replace(**changes)
+    return _sample_payment(tenant_id, rail, source_message_id="MSG-SOURCE-1").replace(**changes)
 
 
 def build(entries: list[Camt054Entry], account: Account, currency: str, **kwargs: object) -> bytes:
