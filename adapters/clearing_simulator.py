@@ -58,7 +58,7 @@ from lxml import etree
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.domain import to_minor_units
-from orchestrator.tenants import RailConfig, TenantConfig, load_tenants
+from orchestrator.tenants import RailConfig, TenantConfig, load_tenants, missing_mandatory_fields
 
 from adapters.iso20022 import schemas
 from adapters.iso20022.errors import IsoDocumentError
@@ -247,6 +247,10 @@ class ClearingSimulator:
                 return "RJCT", "AC01", f"{rail.name} identifies creditor accounts by account number and bank code"
             if not (account.bank_code or payment.creditor.agent.member_id):
                 return "RJCT", "RC01", f"{rail.name} needs the creditor bank's {rail.bank_code_scheme} code"
+        missing = missing_mandatory_fields(rail, payment)
+        if missing:
+            # The rail's market practice makes these fields mandatory (tenant file).
+            return "RJCT", "FF01", f"{rail.name} requires {', '.join(missing)}"
         identifier = account.iban or account.number
         if identifier in state.behaviour.unknown_creditor_accounts:
             return "RJCT", "AC03", "the creditor bank does not know this account"

@@ -43,6 +43,7 @@ _TEMPLATES: dict[str, list[tuple[str, dict, str]]] = {
             "debtor": {"name": "Thames Valley Joinery Ltd", "account": {"iban": "GB29NWBK60161331926819"},
                        "agent": {"bic": "NWBKGB2LXXX"}},
             "creditor": {"name": "Pennine Wool Co", "account": {"number": "31926819", "bank_code": "601613"}},
+            "remittance_information": "PO 7781",
         }, "75.20"),
     ],
     "latam": [

@@ -18,6 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from orchestrator.domain import MoneyError, to_minor_units
 
 BankCodeScheme = Literal["aba", "sort_code", "bsb", "ispb", "clabe", "transit", "fast_bank_code"]
+# Optional payment fields a rail's market practice can make mandatory (dotted paths on the
+# canonical payment); anything else in a tenant file is refused as a typo.
+MandatoryField = Literal[
+    "remittance_information", "purpose_code", "requested_execution_date",
+    "debtor.agent.bic", "creditor.agent.bic", "debtor.country", "creditor.country",
+]
 
 
 class _Strict(BaseModel):
@@ -62,6 +68,9 @@ class RailConfig(_Strict):
     bank_code_scheme: BankCodeScheme | None = None
     max_amount: Decimal
     priority: int = 100
+    # Fields this rail's market practice requires on every payment (e.g. UK Faster
+    # Payments carries a payment reference); a payment without them does not fit the rail.
+    mandatory_fields: tuple[MandatoryField, ...] = ()
     clearing: ClearingConfig
     simulator: SimulatorConfig = SimulatorConfig()
     settlement: SettlementConfig = SettlementConfig()
@@ -179,3 +188,16 @@ def load_tenants(directory: Path) -> dict[str, TenantConfig]:
     if not files:
         raise TenantConfigError(f"no tenant files (*.yaml) in {directory}")
     return {cfg.tenant_id: cfg for cfg in (load_tenant_file(path) for path in files)}
+
+
+def missing_mandatory_fields(rail: RailConfig, payment) -> list[str]:
+    """The rail's mandatory fields that `payment` leaves empty (pure; shared by routing
+    and the clearing simulator, so both read the same market-practice rule)."""
+    missing = []
+    for path in rail.mandatory_fields:
+        value = payment
+        for part in path.split("."):
+            value = getattr(value, part, None)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            missing.append(path)
+    return missing

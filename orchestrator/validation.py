@@ -32,7 +32,7 @@ from schwifty.exceptions import (
 
 from orchestrator.domain import Account, Agent, MoneyError, Party, Payment, currency_exponent, to_minor_units
 from orchestrator.reasons import ReasonCode
-from orchestrator.tenants import BankCodeScheme, RailConfig, TenantConfig
+from orchestrator.tenants import BankCodeScheme, RailConfig, TenantConfig, missing_mandatory_fields
 
 # ISO 20022 Max140Text / Max35Text bounds, in characters.
 MAX_PARTY_NAME_CHARS = 140
@@ -363,6 +363,15 @@ def _no_rail_problem(payment: Payment, facts: "_TenantFacts") -> ValidationProbl
             "creditor.account",
             f"{payment.currency} rails need the creditor account as {' or '.join(forms)}",
         )
+    by_amount = [rail for rail in by_account
+                 if payment.amount_minor <= limit_minor_units(rail.max_amount, payment.currency)]
+    if by_amount:
+        missing = missing_mandatory_fields(by_amount[0], payment)
+        return ValidationProblem(
+            ReasonCode.no_rail_for_payment,
+            missing[0],
+            f"{by_amount[0].display_name} requires {', '.join(missing)}",
+        )
     return ValidationProblem(
         ReasonCode.no_rail_for_payment,
         "amount_minor",
@@ -396,6 +405,7 @@ def _rail_fits(rail: RailConfig, payment: Payment) -> bool:
         payment.currency in rail.currencies
         and _creditor_account_fits(rail, payment.creditor.account)
         and payment.amount_minor <= limit_minor_units(rail.max_amount, payment.currency)
+        and not missing_mandatory_fields(rail, payment)
     )
 
 

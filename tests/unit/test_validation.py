@@ -100,6 +100,8 @@ def make_payment(
         currency=currency,
         debtor=debtor or RAIL_SAMPLES[0][4],
         creditor=creditor or RAIL_SAMPLES[0][5],
+        # Some rails' market practice requires a reference (Faster Payments, emea.yaml).
+        remittance_information="Invoice 2026-0001",
     )
     return payment.replace(**changes) if changes else payment
 
@@ -540,3 +542,26 @@ def test_normalised_sloppy_input_validates() -> None:
 )
 def test_limit_minor_units(limit: Decimal, currency: str, minor: int) -> None:
     assert limit_minor_units(limit, currency) == minor
+
+
+def test_a_rails_mandatory_fields_come_from_its_tenant_file():
+    """Faster Payments (emea.yaml) requires a payment reference; without one no rail fits."""
+    from orchestrator.intake.models import CreditTransferIn
+    from orchestrator.samples import sample_body
+    from orchestrator.tenants import missing_mandatory_fields
+
+    from orchestrator.settings import REPO_ROOT
+
+    tenant = load_tenants(REPO_ROOT / "tenants")["emea"]
+    body = sample_body("emea", 1)
+    with_reference = normalise_payment(CreditTransferIn.model_validate(body).to_payment(
+        "0b6f2a4e-7d3c-4f7a-9a51-3e8d2c1b0a99", "emea"))
+    without = with_reference.replace(remittance_information=None)
+    fps = tenant.rails_by_name["fps"]
+    assert missing_mandatory_fields(fps, with_reference) == []
+    assert missing_mandatory_fields(fps, without) == ["remittance_information"]
+    assert select_rail(with_reference, tenant).name == "fps"
+    assert select_rail(without, tenant) is None
+    [problem] = validate_payment(without, tenant, today=date(2026, 11, 27))
+    assert (problem.reason_code, problem.field) == (ReasonCode.no_rail_for_payment, "remittance_information")
+    assert "requires remittance_information" in problem.detail
