@@ -256,6 +256,9 @@ def test_iso20022_pacs008_document_becomes_one_payment_per_transaction(system):
      400),
     ("not xml", b"hello", 400),
     ("wrong namespace", b'<Document xmlns="urn:example:other"><x/></Document>', 422),
+    ("external dtd", b'<?xml version="1.0"?><!DOCTYPE d SYSTEM "http://127.0.0.1:9/x.dtd"><d/>', 400),
+    ("deep nesting", b"<a>" * 10_000 + b"</a>" * 10_000, 400),
+    ("oversize body", b"<a>" + b"x" * (6 * 1024 * 1024) + b"</a>", 413),
 ])
 def test_hostile_or_wrong_xml_is_refused_quickly(system, case, document, status):
     started = time.monotonic()
