@@ -77,8 +77,10 @@ def consumer_config(settings: Settings, group_id: str, client_id: str) -> dict:
     return config
 
 
-def make_producer(settings: Settings, client_id: str, *, transactional_id: str | None = None) -> Producer:
+def make_producer(settings: Settings, client_id: str, *, transactional_id: str | None = None,
+                  overrides: dict | None = None) -> Producer:
     config = producer_config(settings, client_id)
+    config.update(overrides or {})
     if transactional_id is not None:
         config["transactional.id"] = transactional_id
     return Producer(config)

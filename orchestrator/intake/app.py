@@ -120,8 +120,11 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
     async def lifespan(app: FastAPI):
         from orchestrator.bootstrap import make_codec
 
-        state["publisher"] = publisher or EventPublisher(make_producer(settings, "payorch-intake"),
-                                                         make_codec(settings), namer)
+        # The producer gives up on a message when the intake gives up waiting, so an
+        # unconfirmed payment is not delivered long after its 503.
+        producer = make_producer(settings, "payorch-intake", overrides={
+            "delivery.timeout.ms": int(settings.intake.publish_timeout_s * 1000)})
+        state["publisher"] = publisher or EventPublisher(producer, make_codec(settings), namer)
         state["idempotency"] = IdempotencyStore(settings.data_dir / "intake.sqlite")
         state["tracking"] = None
         yield
@@ -226,9 +229,14 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
         try:
             await state["publisher"].publish(events, "received", settings.intake.publish_timeout_s)
         except PublishError as exc:
-            log.error("publish failed: %s", exc, extra={"tenant_id": tenant.tenant_id})
-            raise Problem("broker-unavailable", "the payment was not accepted; retry with the same "
-                          "Idempotency-Key") from None
+            # Unconfirmed is not refused: the broker may still have written the event, so
+            # the payment may go on. The ids let the client look it up, and a retry with
+            # the same Idempotency-Key maps to the same payment, so it can never pay twice.
+            log.error("publish not confirmed: %s", exc, extra={"tenant_id": tenant.tenant_id})
+            raise Problem("broker-unavailable",
+                          "the payment was not confirmed by the broker in time and may or may not go ahead; "
+                          "retry with the same Idempotency-Key, or look it up by payment id",
+                          payment_ids=[p.payment_id for p in payments]) from None
         metrics.publish_seconds.observe(time.perf_counter() - started)
         response = response_of(payments)
         state["idempotency"].remember(tenant.tenant_id, key, digest, 202, response,

@@ -29,7 +29,7 @@ PROBLEM_KINDS: dict[str, tuple[int, str]] = {
     "schema-violation": (422, "The document does not conform to its ISO 20022 schema"),
     "unsupported-message": (422, "The ISO 20022 message type or version is not supported"),
     "document-invalid": (422, "The ISO 20022 document is not consistent"),
-    "broker-unavailable": (503, "The payment could not be stored durably; retry with the same Idempotency-Key"),
+    "broker-unavailable": (503, "The broker did not confirm the payment in time; its outcome is unknown"),
     "internal-error": (500, "Internal error"),
 }
 
