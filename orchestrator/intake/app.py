@@ -227,7 +227,7 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
                   for p in payments]
         started = time.perf_counter()
         try:
-            await state["publisher"].publish(events, "received", settings.intake.publish_timeout_s)
+            positions = await state["publisher"].publish(events, "received", settings.intake.publish_timeout_s)
         except PublishError as exc:
             # Unconfirmed is not refused: the broker may still have written the event, so
             # the payment may go on. The ids let the client look it up, and a retry with
@@ -241,9 +241,11 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
         response = response_of(payments)
         state["idempotency"].remember(tenant.tenant_id, key, digest, 202, response,
                                       [(p, now.isoformat(), e.event_id) for p, e in zip(payments, events)])
-        for event in events:
+        for event, (partition, offset) in zip(events, positions, strict=True):
             metrics.received.labels(tenant.tenant_id, channel).inc()
-            log.info("payment received", extra=event.log_context())
+            # Where the broker says it stored the event: the first thing to check if a
+            # payment is ever reported lost (see ARCHITECTURE, known gaps).
+            log.info("payment received", extra={**event.log_context(), "partition": partition, "offset": offset})
         return JsonResponse(response, status_code=202, headers={"Location": response.get("links", {}).get("self", "")})
 
     @app.post("/v1/payments", status_code=202)

@@ -38,14 +38,15 @@ class EventPublisher:
         while not self._stop.is_set():
             self.producer.poll(_POLL_INTERVAL_S)
 
-    async def publish(self, events: list[Event], stage_topic: str, timeout_s: float) -> None:
+    async def publish(self, events: list[Event], stage_topic: str, timeout_s: float) -> list[tuple[int, int]]:
+        """Publish and wait for every acknowledgement; (partition, offset) of each event."""
         loop = asyncio.get_running_loop()
         futures = []
         for event in events:
             future: asyncio.Future = loop.create_future()
 
-            def on_delivery(err: KafkaError | None, _msg: Message, future: asyncio.Future = future) -> None:
-                loop.call_soon_threadsafe(_resolve, future, err)
+            def on_delivery(err: KafkaError | None, msg: Message, future: asyncio.Future = future) -> None:
+                loop.call_soon_threadsafe(_resolve, future, err, (msg.partition(), msg.offset()))
 
             topic = self.namer.topic(event.tenant_id, stage_topic)
             value = self.codec.encode(event)
@@ -60,7 +61,7 @@ class EventPublisher:
                     await asyncio.sleep(0.01)
             futures.append(future)
         try:
-            await asyncio.wait_for(asyncio.gather(*futures), timeout_s)
+            return list(await asyncio.wait_for(asyncio.gather(*futures), timeout_s))
         except TimeoutError:
             raise PublishError(f"broker did not acknowledge within {timeout_s}s") from None
 
@@ -70,10 +71,10 @@ class EventPublisher:
         self.producer.flush(timeout_s)
 
 
-def _resolve(future: asyncio.Future, err: KafkaError | None) -> None:
+def _resolve(future: asyncio.Future, err: KafkaError | None, position: tuple[int, int]) -> None:
     if future.done():
         return
     if err is None:
-        future.set_result(None)
+        future.set_result(position)
     else:
         future.set_exception(PublishError(str(err)))

@@ -9,20 +9,47 @@ holds an event type twice.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sqlite3
 import threading
 import time
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from orchestrator.loadgen import offer_load
+from orchestrator.topics import TopicNamer
 from tests.harness import System
 
 pytestmark = pytest.mark.integration
 
 OFFERED_RATE_PER_S = 100
 LOAD_DURATION_S = 6
+
+
+def diagnose(system: System, payment_ids: list[str]) -> list[dict]:
+    """For a payment that never ended: where the intake says the broker stored its first
+    event, and what the broker holds there now (the evidence a lost event needs)."""
+    settings = system.settings()
+    intake_log = (system.log_dir / "intake.log").read_text(errors="replace").splitlines()
+    findings = []
+    for payment_id in payment_ids:
+        line = next((json.loads(l) for l in intake_log if payment_id in l and l.startswith("{")), None)
+        finding = {"payment_id": payment_id, "intake": line and {k: line.get(k) for k in
+                                                                ("ts", "tenant_id", "partition", "offset")}}
+        if line and line.get("offset") is not None:
+            topic = TopicNamer(settings.topic_template).topic(line["tenant_id"], "received")
+            consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "diagnose",
+                                 "isolation.level": "read_uncommitted"})
+            partition = TopicPartition(topic, line["partition"], line["offset"])
+            finding["watermarks"] = consumer.get_watermark_offsets(partition, timeout=10)
+            consumer.assign([partition])
+            message = consumer.poll(10)
+            finding["at_offset"] = None if message is None or message.error() else (message.key() or b"").decode()
+            consumer.close()
+        findings.append(finding)
+    return findings
 
 
 @pytest.fixture(params=["exactly-once", "at-least-once"])
@@ -57,7 +84,7 @@ def test_stages_killed_mid_flow_lose_nothing_and_post_nothing_twice(system):
 
     offered = OFFERED_RATE_PER_S * LOAD_DURATION_S
     assert result.accepted == offered, result.report_lines()
-    assert not result.unfinished, f"lost or stuck: {result.unfinished[:5]}"
+    assert not result.unfinished, f"lost or stuck: {diagnose(system, result.unfinished[:5])}"
     assert result.statuses == {"SETTLED": offered}
 
     # SETTLED does not wait for the ledger (it posts concurrently), and the ledger was
