@@ -116,10 +116,14 @@ class AckTracker:
         self.pending = 0
         self.errors: list[str] = []
 
-    def callback(self, err: KafkaError | None, _msg: Message) -> None:
+    def callback(self, err: KafkaError | None, msg: Message) -> None:
         self.pending -= 1
         if err is not None:
             self.errors.append(str(err))
+        elif msg.offset() is None or msg.offset() < 0:
+            # A success without an offset is not trusted (see the intake publisher): the
+            # batch fails, its offsets are not stored, and the redelivery re-emits it.
+            self.errors.append(f"acknowledged without an offset on {msg.topic()}[{msg.partition()}]")
 
 
 def produce_record(producer: Producer, topic: str, key: bytes, value: bytes, headers: list, tracker: AckTracker) -> None:
