@@ -145,6 +145,8 @@ def dlq_replay(
                      since=since, until=until),
         rate_per_s=rate, dry_run=dry_run, echo=typer.echo)
     typer.echo(result.summary_line(dry_run))
+    if result.failed:
+        raise typer.Exit(1)
 
 
 @ledger_app.command("verify")

@@ -26,6 +26,7 @@ from orchestrator.runtime import (
     HEADER_CORRELATION_ID,
     HEADER_TENANT_ID,
     AckTracker,
+    ProduceFailed,
     await_acks,
 )
 from orchestrator.settings import Settings
@@ -70,12 +71,13 @@ class ReplayResult:
     replayed: int = 0
     skipped_already_replayed: int = 0
     skipped_terminal: int = 0
+    failed: int = 0
 
     def summary_line(self, dry_run: bool) -> str:
         verb = "would replay" if dry_run else "replayed"
         return (f"{self.matched} dead letters matched: {verb} {self.replayed}, skipped "
                 f"{self.skipped_already_replayed} already replayed and {self.skipped_terminal} whose payment "
-                f"had already ended")
+                f"had already ended" + (f"; {self.failed} FAILED (run it again)" if self.failed else ""))
 
 
 class DeadLetters:
@@ -191,7 +193,14 @@ class DeadLetters:
                 producer.produce(origin, key=message.key(), value=message.value(), headers=original_headers,
                                  on_delivery=tracker.callback)
                 tracker.pending += 1
-                await_acks(producer, tracker, self.settings.runtime.produce_ack_timeout_s)
+                try:
+                    await_acks(producer, tracker, self.settings.runtime.produce_ack_timeout_s)
+                except ProduceFailed as exc:
+                    # Not recorded as replayed: running the same replay again retries it.
+                    result.replayed -= 1
+                    result.failed += 1
+                    echo(f"FAILED {location}: the broker did not confirm the replay ({exc}); stopping")
+                    break
                 ledger.execute("INSERT INTO replayed VALUES (?, datetime('now'))", (location,))
                 echo(f"replayed {location} -> {origin} (correlation {headers.get(HEADER_CORRELATION_ID, '?')})")
                 if interval_s:

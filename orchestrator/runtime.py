@@ -23,7 +23,6 @@ import logging
 import signal
 import threading
 import time
-import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -441,7 +440,3 @@ class StageRunner:
         log.info("stage %s stopped: consumed=%d handled=%d produced=%d dead_lettered=%d",
                  self.handler.name, self.stats.consumed, self.stats.handled, self.stats.produced,
                  self.stats.dead_lettered, extra={"stage": self.handler.name})
-
-
-def format_exception(exc: BaseException) -> str:
-    return "".join(traceback.format_exception_only(type(exc), exc)).strip()

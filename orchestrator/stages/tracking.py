@@ -113,13 +113,21 @@ class TrackingStore:
                 )
 
     def _snapshot(self, event: Event) -> None:
+        # The payment only changes at initiation (normalisation); every later event
+        # carries that same payment, so it is serialised on first sight and on
+        # PaymentInitiated, not on each of a payment's ~9 events.
         rail = event.payload.get("rail")
         settled_at = event.occurred_at.isoformat() if event.event_type == "PaymentSettled" else None
-        self.db.execute(
-            "INSERT INTO payment_snapshots VALUES (?,?,?,?) ON CONFLICT (payment_id) DO UPDATE SET"
-            " payment=excluded.payment, rail=coalesce(excluded.rail, rail),"
-            " settled_at=coalesce(excluded.settled_at, settled_at)",
-            (event.payment_id, orjson.dumps(payment_to_record(event.payment)).decode(), rail, settled_at))
+        if event.event_type == "PaymentInitiated" or not self.db.execute(
+                "SELECT 1 FROM payment_snapshots WHERE payment_id=?", (event.payment_id,)).fetchone():
+            self.db.execute(
+                "INSERT INTO payment_snapshots VALUES (?,?,?,?) ON CONFLICT (payment_id) DO UPDATE SET"
+                " payment=excluded.payment, rail=coalesce(excluded.rail, rail),"
+                " settled_at=coalesce(excluded.settled_at, settled_at)",
+                (event.payment_id, orjson.dumps(payment_to_record(event.payment)).decode(), rail, settled_at))
+        elif rail is not None or settled_at is not None:
+            self.db.execute("UPDATE payment_snapshots SET rail=coalesce(?, rail), settled_at=coalesce(?, settled_at)"
+                            " WHERE payment_id=?", (rail, settled_at, event.payment_id))
 
     def snapshot(self, payment_id: str) -> tuple[Payment, str | None, str | None] | None:
         """(payment, rail, settled_at) as last seen, or None."""
