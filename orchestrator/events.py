@@ -53,6 +53,7 @@ EVENT_TYPES = (
     "FundsPosted",
     "FundsReleased",
     "PaymentSettled",
+    "PaymentDeferred",  # since v3
 )
 
 
@@ -196,6 +197,11 @@ class EventCodec:
     @cached_property
     def versions(self) -> tuple[int, ...]:
         return tuple(sorted(self._versions))
+
+    def event_types(self, version: int) -> frozenset[str]:
+        """The payload types a version knows; an older reader cannot decode newer types."""
+        payload = next(f for f in self._versions[version].parsed["fields"] if f["name"] == "payload")
+        return frozenset(branch["name"].rsplit(".", 1)[-1] for branch in payload["type"])
 
     def schema(self, version: int) -> dict:
         return self._versions[version].parsed

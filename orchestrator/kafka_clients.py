@@ -106,10 +106,10 @@ def make_admin(settings: Settings) -> AdminClient:
 
 
 def create_topics(settings: Settings, tenants: Iterable[str], *, timeout_s: float = 30.0) -> tuple[list[str], list[str]]:
-    """Create every stage and dead-letter topic of the tenants; (created, existing)."""
+    """Create every stage, retry and dead-letter topic of the tenants; (created, existing)."""
     namer = TopicNamer(settings.topic_template)
     admin = make_admin(settings)
-    wanted = namer.all_topics(sorted(tenants))
+    wanted = namer.all_topics(sorted(tenants), retry_levels=settings.runtime.retry.levels)
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     new_topics = []
     for name in wanted:

@@ -272,7 +272,7 @@ class StageRunner:
                 self.stats.skipped += 1
                 continue
             try:
-                events.append(self.codec.decode(message.value() or b""))
+                events.append(self._decode(message))
                 sources.append(message)
             except UndecodableEvent as exc:
                 poison.append((message, exc))
@@ -294,6 +294,14 @@ class StageRunner:
         self.stats.last_batch_ms = (time.perf_counter() - started) * 1000
         self.stats.batch_ms_sum += self.stats.last_batch_ms
         self.stats.batch_ms_max = max(self.stats.batch_ms_max, self.stats.last_batch_ms)
+
+    def _decode(self, message: Message):
+        """A stage that reads another schema family than payment events (the settlement
+        cycle events, say) decodes its messages itself; everything else is a payment event."""
+        decode = getattr(self.handler, "decode", None)
+        if decode is not None:
+            return decode(message.value() or b"", header_value(message, HEADER_EVENT_TYPE))
+        return self.codec.decode(message.value() or b"")
 
     def _decide(self, events: list[Event], sources: list[Message], poison: list) -> list[Event]:
         if not events:
@@ -358,8 +366,15 @@ class StageRunner:
             return []
         if self.output_topic is None:
             raise RuntimeError(f"stage {self.handler.name} produced events but has no output topic")
-        return [(self.namer.topic(event.tenant_id, self.output_topic), event.payment_id.encode(),
-                 self.codec.encode(event), event_headers(event, self.codec.writer.version)) for event in outputs]
+        records = []
+        for event in outputs:
+            if not isinstance(event, Event):
+                # Another schema family (see `_decode`): the output names its own record.
+                records.append(event.kafka_record(self.namer))
+                continue
+            records.append((self.namer.topic(event.tenant_id, self.output_topic), event.payment_id.encode(),
+                            self.codec.encode(event), event_headers(event, self.codec.writer.version)))
+        return records
 
     def _commit_transaction(self, outputs: list[Event], poison: list, offsets: list[TopicPartition]) -> bool:
         """Outputs, dead letters and consumed offsets in one Kafka transaction.

@@ -29,6 +29,8 @@ OUTPUT_TOPIC_OF_STAGE = {
 }
 
 DLQ_SUFFIX = ".dlq"
+# `<topic>.retry.<level>`: delayed retries of the events a stage read from `<topic>`.
+RETRY_INFIX = ".retry."
 
 
 @dataclass(frozen=True)
@@ -43,12 +45,18 @@ class TopicNamer:
     def dlq(self, tenant: str, stage_topic: str) -> str:
         return self.topic(tenant, stage_topic) + DLQ_SUFFIX
 
-    def all_topics(self, tenants: list[str]) -> list[str]:
+    def retry(self, tenant: str, stage_topic: str, level: int) -> str:
+        if level < 1:
+            raise ValueError("retry levels start at 1")
+        return f"{self.topic(tenant, stage_topic)}{RETRY_INFIX}{level}"
+
+    def all_topics(self, tenants: list[str], retry_levels: int = 0) -> list[str]:
         names = []
         for tenant in tenants:
             for stage_topic in STAGE_TOPICS:
                 names.append(self.topic(tenant, stage_topic))
                 names.append(self.dlq(tenant, stage_topic))
+                names.extend(self.retry(tenant, stage_topic, level) for level in range(1, retry_levels + 1))
         return names
 
     def parse(self, topic: str) -> tuple[str, str] | None:

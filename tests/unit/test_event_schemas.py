@@ -37,6 +37,10 @@ SAMPLE_PAYLOADS = {
     "FundsPosted": {"debit_account_id": "cust:a", "credit_account_id": "clearing:b", "amount_minor": 12550},
     "FundsReleased": {"account_id": "cust:a", "amount_minor": 12550, "reason_code": "clearing_rejected"},
     "PaymentSettled": {"rail": "sepa_inst", "cycle_id": "c1", "settlement_mode": "rtgs", "settlement_date": "2026-11-27"},
+    "PaymentDeferred": {"rail": "fednow", "reason_code": "rail_circuit_open", "reason_detail": "breaker open",
+                        "breaker_state": "open", "attempt": 2,
+                        "retry_at": datetime(2026, 11, 27, 10, 0, 5, tzinfo=UTC),
+                        "deadline_at": datetime(2026, 11, 27, 10, 0, 30, tzinfo=UTC)},
 }
 
 
@@ -63,6 +67,13 @@ def test_sample_payloads_cover_every_event_type():
     assert set(SAMPLE_PAYLOADS) == set(EVENT_TYPES)
 
 
+def test_event_types_are_only_ever_added():
+    codec = EventCodec(SCHEMAS)
+    for older, newer in itertools.pairwise(VERSIONS):
+        assert codec.event_types(older) <= codec.event_types(newer)
+    assert codec.event_types(VERSIONS[-1]) == set(EVENT_TYPES)
+
+
 def test_every_schema_file_is_a_version_the_codec_loads():
     files = sorted(p.name for p in SCHEMAS.glob("*.avsc"))
     assert files == [f"payment_event.v{v}.avsc" for v in VERSIONS]
@@ -73,7 +84,20 @@ def test_every_schema_file_is_a_version_the_codec_loads():
 def test_each_version_reads_every_other_versions_events(writer: int, reader: int):
     write_codec = EventCodec(SCHEMAS, writer_version=writer)
     read_codec = EventCodec(SCHEMAS, reader_version=reader)
+    writable = write_codec.event_types(writer)
+    readable = read_codec.event_types(reader)
+    checked = 0
     for event in sample_events():
+        if event.event_type not in writable:
+            continue
+        if event.event_type not in readable:
+            # An event type added after the reader's version: refused cleanly (a poison
+            # message, never a wrong decode). Consumers filter by header first, so a
+            # stage only meets this if it subscribes to the new type without knowing it.
+            with pytest.raises(UndecodableEvent):
+                read_codec.decode(write_codec.encode(event))
+            continue
+        checked += 1
         decoded = read_codec.decode(write_codec.encode(event))
         assert decoded.schema_version == writer
         assert decoded.event_id == event.event_id
@@ -83,6 +107,7 @@ def test_each_version_reads_every_other_versions_events(writer: int, reader: int
         # Everything v1 knows survives every direction; purpose_code only where both know it.
         expected = event.payment if min(writer, reader) >= 2 else event.payment.replace(purpose_code=None)
         assert decoded.payment == expected
+    assert checked >= 13, "every event type of v1 must travel between every pair of versions"
 
 
 def test_new_fields_always_carry_defaults():
