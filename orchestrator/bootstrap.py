@@ -47,7 +47,8 @@ def build_stage(name: str, settings: Settings, tenants: dict[str, TenantConfig],
         from adapters.clearing_batch import ClearingBatchClient
         from orchestrator.stages.execution import ExecutionStage
         client = ClearingBatchClient(max_connections=settings.clearing.max_concurrent_requests)
-        return ExecutionStage(tenants, region, client, settings.clearing.url_for)
+        return ExecutionStage(tenants, region, data_dir, codec, client, settings.clearing.url_for,
+                              retry=settings.runtime.retry)
     if name == "ledger":
         from orchestrator.stages.ledger import LedgerStage
         return LedgerStage(tenants, region, data_dir, codec)

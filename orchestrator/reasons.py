@@ -51,6 +51,8 @@ class ReasonCode(StrEnum):
     clearing_rejected = auto()
     clearing_timeout = auto()
     clearing_unavailable = auto()
+    rail_circuit_open = auto()
+    rail_time_limit_exceeded = auto()
 
     @property
     def iso_code(self) -> str:
@@ -90,6 +92,8 @@ _ISO_CODE_AND_DESCRIPTION: dict[ReasonCode, tuple[str, str]] = {
     ReasonCode.clearing_rejected: ("NARR", "The clearing system or the creditor's bank rejected the payment."),
     ReasonCode.clearing_timeout: ("AB06", "The clearing system did not answer in time."),
     ReasonCode.clearing_unavailable: ("AB07", "The clearing system is not reachable."),
+    ReasonCode.rail_circuit_open: ("AB07", "The payment waits: calls to the clearing system are paused after failures."),
+    ReasonCode.rail_time_limit_exceeded: ("AB05", "The clearing system did not settle the payment within the rail's time limit."),
 }
 
 # Fail at import rather than at the first rejection that lacks a description.

@@ -9,8 +9,10 @@ redelivery re-emits events with the same ids, which consumers drop as duplicates
 
 Failures take one of four paths:
 - a business outcome (rejection, hold) is an ordinary output event of the stage;
-- a transient fault inside a stage (a clearing system that does not answer) is retried
-  by the stage within its own bounds, then becomes an outcome event;
+- a transient fault (a `RetryLater` answer or an exception `is_transient` recognises)
+  sends the event to `<topic>.retry.<level>` with backoff and jitter, so its partition
+  moves on; the runner pauses a retry partition until its head event is due (see
+  orchestrator/retries.py); transient faults that outlast the levels are dead-lettered;
 - a poison message (undecodable bytes, unknown schema, or a stage that raised on it)
   goes to `<topic>.dlq` with its original bytes and headers plus headers that say why;
 - a broker that cannot take our outputs stops the process (non-zero exit) without
@@ -20,6 +22,7 @@ Failures take one of four paths:
 from __future__ import annotations
 
 import logging
+import random
 import signal
 import threading
 import time
@@ -32,6 +35,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from orchestrator.events import Event, EventCodec, UndecodableEvent
 from orchestrator.kafka_clients import make_consumer, make_producer
+from orchestrator import retries
+from orchestrator.retries import RetryLater
 from orchestrator.settings import Settings
 from orchestrator.topics import DLQ_SUFFIX, OUTPUT_TOPIC_OF_STAGE, TopicNamer
 
@@ -61,7 +66,7 @@ class StageHandler(Protocol):
     # None means every event type on the input topics.
     input_event_types: frozenset[str] | None
 
-    def handle_batch(self, events: Sequence[Event], now: datetime) -> list[Event]: ...
+    def handle_batch(self, events: Sequence[Event], now: datetime) -> list[Event | RetryLater]: ...
 
     def tick(self, now: datetime) -> list[Event]: ...
 
@@ -75,6 +80,7 @@ class RuntimeStats:
     handled: int = 0
     produced: int = 0
     dead_lettered: int = 0
+    retried: int = 0
     aborted_transactions: int = 0
     batches: int = 0
     last_batch_ms: float = 0.0
@@ -83,6 +89,10 @@ class RuntimeStats:
     reported_batches: int = 0
     reported_handled: int = 0
     started_at: float = field(default_factory=time.monotonic)
+
+
+class RetriesExhausted(RuntimeError):
+    """A transient fault that outlasted every retry level: the event is dead-lettered."""
 
 
 class ProduceFailed(RuntimeError):
@@ -176,7 +186,13 @@ class StageRunner:
             settings, client_id, transactional_id=f"{group_id}.{instance_id}" if self.transactional else None)
         if self.transactional:
             self.producer.init_transactions(settings.runtime.produce_ack_timeout_s)
+        retry_levels = settings.runtime.retry.levels
         self.input_topics = [self.namer.topic(t, s) for t in self.tenants for s in handler.input_topics]
+        self.input_topics += [self.namer.retry(t, s, level) for t in self.tenants for s in handler.input_topics
+                              for level in range(1, retry_levels + 1)]
+        # Retry partitions paused until their head event is due: (topic, partition) -> monotonic time.
+        self._paused: dict[tuple[str, int], float] = {}
+        self._rng = random.Random()
 
     def request_stop(self, *_args: object) -> None:
         self._stop.set()
@@ -198,9 +214,35 @@ class StageRunner:
             if partition.offset < 0:
                 partition.offset = OFFSET_BEGINNING
         consumer.assign(committed)
+        # A (re)assigned partition starts unpaused; a retry partition whose head is not
+        # due yet is paused again when that head is read.
+        for partition in committed:
+            self._paused.pop((partition.topic, partition.partition), None)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for partition in partitions:
+            self._paused.pop((partition.topic, partition.partition), None)
+
+    def _hold_until_due(self, message: Message, due_at_ms: int) -> None:
+        """Park a retry partition at its head event until that event is due."""
+        partition = TopicPartition(message.topic(), message.partition(), message.offset())
+        self.consumer.seek(partition)
+        self.consumer.pause([TopicPartition(message.topic(), message.partition())])
+        wait_s = max(0.0, due_at_ms / 1000 - time.time())
+        self._paused[(message.topic(), message.partition())] = time.monotonic() + wait_s
+
+    def _resume_due(self) -> None:
+        if not self._paused:
+            return
+        now = time.monotonic()
+        due = [key for key, resume_at in self._paused.items() if resume_at <= now]
+        if due:
+            self.consumer.resume([TopicPartition(topic, partition) for topic, partition in due])
+            for key in due:
+                del self._paused[key]
 
     def run(self) -> None:
-        self.consumer.subscribe(self.input_topics, on_assign=self._on_assign)
+        self.consumer.subscribe(self.input_topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
         log.info("stage %s consuming %d topics", self.handler.name, len(self.input_topics),
                  extra={"stage": self.handler.name})
         tick_interval_s = self.settings.runtime.tick_interval_ms / 1000
@@ -214,6 +256,7 @@ class StageRunner:
                 )
                 if messages:
                     self.process_batch(messages)
+                self._resume_due()
                 if time.monotonic() >= next_tick:
                     self._run_tick()
                     next_tick = time.monotonic() + tick_interval_s
@@ -257,6 +300,9 @@ class StageRunner:
         events: list[Event] = []
         sources: list[Message] = []
         poison: list[tuple[Message, Exception]] = []
+        # Retry partitions whose head is not due: (topic, partition) -> first offset left unread.
+        held: dict[tuple[str, int], int] = {}
+        now_ms = int(time.time() * 1000)
         for message in messages:
             error = message.error()
             if error is not None:
@@ -266,6 +312,18 @@ class StageRunner:
                     raise RuntimeError(f"fatal consumer error: {error}")
                 log.warning("consumer error: %s", error, extra={"stage": self.handler.name})
                 continue
+            where = (message.topic(), message.partition())
+            if where in held:
+                continue
+            if retries.is_retry_topic(message.topic()):
+                if header_value(message, retries.H_STAGE) != self.handler.name:
+                    self.stats.skipped += 1  # another stage's retry
+                    continue
+                due_at_ms = int(header_value(message, retries.H_DUE_AT_MS) or 0)
+                if due_at_ms > now_ms:
+                    held[where] = message.offset()
+                    self._hold_until_due(message, due_at_ms)
+                    continue
             self.stats.consumed += 1
             wanted = self.handler.input_event_types
             if wanted is not None and header_value(message, HEADER_EVENT_TYPE) not in wanted:
@@ -277,17 +335,21 @@ class StageRunner:
             except UndecodableEvent as exc:
                 poison.append((message, exc))
 
-        outputs = self._decide(events, sources, poison)
+        retry_due: list[tuple[Message, str, str, datetime | None]] = []
+        outputs = self._decide(events, sources, poison, retry_due)
+        retry_records = self._retry_records(retry_due, poison)
+        offsets = self._next_offsets(messages, held)
         if self.transactional:
-            if not self._commit_transaction(outputs, poison, self._next_offsets(messages)):
+            if not self._commit_transaction(outputs, poison, offsets, retry_records):
                 return  # aborted and rewound: the batch is consumed again
         else:
-            if poison:
-                self._dead_letter(poison)
+            if poison or retry_records:
+                self._publish_records(self._dead_letter_records(poison) + retry_records)
             if outputs:
                 self._publish_outputs(outputs)
-            self._store_offsets(messages)
+            self._store_offsets(offsets)
         self.stats.dead_lettered += len(poison)
+        self.stats.retried += len(retry_records)
         self.stats.produced += len(outputs)
         self.stats.handled += len(events)
         self.stats.batches += 1
@@ -303,12 +365,13 @@ class StageRunner:
             return decode(message.value() or b"", header_value(message, HEADER_EVENT_TYPE))
         return self.codec.decode(message.value() or b"")
 
-    def _decide(self, events: list[Event], sources: list[Message], poison: list) -> list[Event]:
+    def _decide(self, events: list[Event], sources: list[Message], poison: list, retry_due: list) -> list[Event]:
+        """The batch's outputs; fills `poison` and `retry_due` (message, error class, detail, not before)."""
         if not events:
             return []
         now = datetime.now(UTC)
         try:
-            return self.handler.handle_batch(events, now)
+            return self._split_retries(self.handler.handle_batch(events, now), events, sources, retry_due)
         except Exception:
             log.exception("stage %s failed on a batch of %d; isolating the failing events",
                           self.handler.name, len(events), extra={"stage": self.handler.name})
@@ -316,16 +379,71 @@ class StageRunner:
         outputs: list[Event] = []
         for event, message in zip(events, sources, strict=True):
             try:
-                outputs.extend(self.handler.handle_batch([event], now))
-            except Exception as exc:  # a failed invariant or a bug: dead-letter, loudly
-                log.error("stage %s cannot handle event: %r", self.handler.name, exc,
-                          extra={**event.log_context(), "stage": self.handler.name, "error_class": type(exc).__name__})
-                poison.append((message, exc))
+                outputs.extend(self._split_retries(self.handler.handle_batch([event], now), [event], [message],
+                                                   retry_due))
+            except Exception as exc:
+                context = {**event.log_context(), "stage": self.handler.name, "error_class": type(exc).__name__}
+                if retries.is_transient(exc):
+                    log.warning("stage %s will retry event after a transient fault: %r", self.handler.name, exc,
+                                extra=context)
+                    retry_due.append((message, type(exc).__name__, str(exc), None))
+                else:  # a failed invariant or a bug: dead-letter, loudly
+                    log.error("stage %s cannot handle event: %r", self.handler.name, exc, extra=context)
+                    poison.append((message, exc))
         return outputs
 
+    @staticmethod
+    def _split_retries(results: list, events: list[Event], sources: list[Message], retry_due: list) -> list[Event]:
+        """Separate the stage's `RetryLater` answers from its output events."""
+        if not any(isinstance(r, RetryLater) for r in results):
+            return results
+        source_of = {}
+        for event, message in zip(events, sources, strict=True):
+            source_of.setdefault(event.event_id, message)
+        outputs = []
+        for result in results:
+            if isinstance(result, RetryLater):
+                retry_due.append((source_of[result.event.event_id], result.error_class, result.detail,
+                                  result.not_before))
+            else:
+                outputs.append(result)
+        return outputs
+
+    def _retry_records(self, retry_due: list, poison: list) -> list[tuple]:
+        """(topic, key, value, headers) of each event to retry later; transient faults past
+        the last level join `poison` instead (stage deferrals are bounded by the stage)."""
+        settings = self.settings.runtime.retry
+        records = []
+        now = datetime.now(UTC)
+        for message, error_class, detail, not_before in retry_due:
+            attempt = int(header_value(message, retries.H_ATTEMPT) or 0) + 1
+            if not_before is None and attempt > settings.levels:
+                poison.append((message, RetriesExhausted(f"{error_class} after {attempt - 1} retries: {detail}")))
+                continue
+            delay_s = retries.backoff_s(attempt, settings, self._rng)
+            if not_before is not None:
+                # Waiting for a known time (a breaker's half-open): a little jitter so the
+                # waiting payments do not all arrive in the same instant.
+                delay_s = max(0.0, (not_before - now).total_seconds()) + self._rng.uniform(0, settings.jitter)
+            origin = header_value(message, retries.H_ORIGIN_TOPIC) or message.topic()
+            headers = retries.retry_headers(
+                list(message.headers() or []), stage=self.handler.name, origin_topic=origin, attempt=attempt,
+                first_failed_at=header_value(message, retries.H_FIRST_FAILED_AT) or now.isoformat(),
+                error_class=error_class, error=detail, due_at_ms=int((now.timestamp() + delay_s) * 1000))
+            records.append((retries.retry_topic(origin, retries.level_of(attempt, settings)), message.key(),
+                            message.value(), headers))
+            log.info("retry %d of event in %.1f s: %s", attempt, delay_s, detail, extra={
+                "stage": self.handler.name, "error_class": error_class, "attempt": attempt,
+                "correlation_id": header_value(message, HEADER_CORRELATION_ID),
+                "tenant_id": header_value(message, HEADER_TENANT_ID)})
+        return records
+
     def _publish_outputs(self, outputs: list[Event]) -> None:
+        self._publish_records(self._output_records(outputs))
+
+    def _publish_records(self, records: list[tuple]) -> None:
         tracker = AckTracker()
-        for topic, key, value, headers in self._output_records(outputs):
+        for topic, key, value, headers in records:
             produce_record(self.producer, topic, key, value, headers, tracker)
         await_acks(self.producer, tracker, self.settings.runtime.produce_ack_timeout_s)
 
@@ -335,14 +453,17 @@ class StageRunner:
         records = []
         for message, exc in poison:
             headers = list(message.headers() or [])
+            # An event that failed in a retry topic belongs to the topic it first came from.
+            origin = header_value(message, retries.H_ORIGIN_TOPIC) or message.topic()
+            attempts = int(header_value(message, retries.H_ATTEMPT) or 0) + 1
             headers += [
-                (DLQ_HEADER_PREFIX + "origin_topic", message.topic().encode()),
+                (DLQ_HEADER_PREFIX + "origin_topic", origin.encode()),
                 (DLQ_HEADER_PREFIX + "origin_partition", str(message.partition()).encode()),
                 (DLQ_HEADER_PREFIX + "origin_offset", str(message.offset()).encode()),
                 (DLQ_HEADER_PREFIX + "stage", self.handler.name.encode()),
                 (DLQ_HEADER_PREFIX + "error_class", type(exc).__name__.encode()),
                 (DLQ_HEADER_PREFIX + "error_message", str(exc)[:_DLQ_ERROR_MESSAGE_MAX_CHARS].encode()),
-                (DLQ_HEADER_PREFIX + "attempts", b"1"),
+                (DLQ_HEADER_PREFIX + "attempts", str(attempts).encode()),
                 (DLQ_HEADER_PREFIX + "failed_at", failed_at.encode()),
             ]
             log.error("dead-lettering message: %s", exc, extra={
@@ -352,14 +473,8 @@ class StageRunner:
                 "tenant_id": header_value(message, HEADER_TENANT_ID),
             })
             # Original key and bytes go untouched so a replay is the same message.
-            records.append((message.topic() + DLQ_SUFFIX, message.key(), message.value(), headers))
+            records.append((origin + DLQ_SUFFIX, message.key(), message.value(), headers))
         return records
-
-    def _dead_letter(self, poison: list[tuple[Message, Exception]]) -> None:
-        tracker = AckTracker()
-        for topic, key, value, headers in self._dead_letter_records(poison):
-            produce_record(self.producer, topic, key, value, headers, tracker)
-        await_acks(self.producer, tracker, self.settings.runtime.produce_ack_timeout_s)
 
     def _output_records(self, outputs: list[Event]) -> list[tuple]:
         if not outputs:
@@ -376,7 +491,8 @@ class StageRunner:
                             self.codec.encode(event), event_headers(event, self.codec.writer.version)))
         return records
 
-    def _commit_transaction(self, outputs: list[Event], poison: list, offsets: list[TopicPartition]) -> bool:
+    def _commit_transaction(self, outputs: list[Event], poison: list, offsets: list[TopicPartition],
+                            retry_records: list[tuple] = ()) -> bool:
         """Outputs, dead letters and consumed offsets in one Kafka transaction.
 
         Returns False when the transaction had to be aborted; the consumer is then
@@ -386,7 +502,7 @@ class StageRunner:
         say) propagate and end the process, as librdkafka's transaction docs require.
         """
         timeout_s = self.settings.runtime.produce_ack_timeout_s
-        records = self._dead_letter_records(poison) + self._output_records(outputs)
+        records = self._dead_letter_records(poison) + list(retry_records) + self._output_records(outputs)
         try:
             self.producer.begin_transaction()
             tracker = AckTracker()
@@ -424,17 +540,19 @@ class StageRunner:
             self.consumer.seek(partition)
 
     @staticmethod
-    def _next_offsets(messages: list[Message]) -> list[TopicPartition]:
+    def _next_offsets(messages: list[Message], held: dict[tuple[str, int], int] | None = None) -> list[TopicPartition]:
+        """The offsets to commit: past every message handled, never past a held retry head."""
         next_offsets: dict[tuple[str, int], int] = {}
         for message in messages:
             if message.error() is None:
                 key = (message.topic(), message.partition())
+                if held and key in held and message.offset() >= held[key]:
+                    continue
                 next_offsets[key] = max(next_offsets.get(key, 0), message.offset() + 1)
         return [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
 
-    def _store_offsets(self, messages: list[Message]) -> None:
+    def _store_offsets(self, offsets: list[TopicPartition]) -> None:
         """At-least-once mode: mark the batch consumed; librdkafka commits in the background."""
-        offsets = self._next_offsets(messages)
         if not offsets:
             return
         try:
@@ -452,6 +570,6 @@ class StageRunner:
                 self.consumer.close()
             finally:
                 self.handler.close()
-        log.info("stage %s stopped: consumed=%d handled=%d produced=%d dead_lettered=%d",
+        log.info("stage %s stopped: consumed=%d handled=%d produced=%d retried=%d dead_lettered=%d",
                  self.handler.name, self.stats.consumed, self.stats.handled, self.stats.produced,
-                 self.stats.dead_lettered, extra={"stage": self.handler.name})
+                 self.stats.retried, self.stats.dead_lettered, extra={"stage": self.handler.name})

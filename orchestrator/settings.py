@@ -50,6 +50,22 @@ class KafkaSettings(BaseModel):
         return config
 
 
+class RetrySettings(BaseModel):
+    """Non-blocking retries: an event that failed transiently waits in
+    `<topic>.retry.<level>` while its partition moves on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # One retry topic per delay; the attempt after the last one dead-letters the event.
+    # Each delay doubles the one before (exponential), each is jittered by +-jitter.
+    backoff_s: tuple[float, ...] = (1.0, 4.0, 16.0)
+    jitter: float = Field(default=0.2, ge=0, lt=1)
+
+    @property
+    def levels(self) -> int:
+        return len(self.backoff_s)
+
+
 class RuntimeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -68,22 +84,6 @@ class RuntimeSettings(BaseModel):
     # offsets stored after the outputs are acknowledged (stages are idempotent either way).
     exactly_once: bool = True
     retry: RetrySettings = RetrySettings()
-
-
-class RetrySettings(BaseModel):
-    """Non-blocking retries: an event that failed transiently waits in
-    `<topic>.retry.<level>` while its partition moves on."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    # One retry topic per delay; the attempt after the last one dead-letters the event.
-    # Each delay doubles the one before (exponential), each is jittered by +-jitter.
-    backoff_s: tuple[float, ...] = (1.0, 4.0, 16.0)
-    jitter: float = Field(default=0.2, ge=0, lt=1)
-
-    @property
-    def levels(self) -> int:
-        return len(self.backoff_s)
 
 
 class IntakeSettings(BaseModel):

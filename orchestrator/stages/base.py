@@ -28,8 +28,10 @@ class Stage:
         now: datetime,
         *,
         payment: Payment | None = None,
+        discriminator: str = "",
     ) -> Event:
-        return derive_event(cause, event_type, self.name, payload, occurred_at=now, region=self.region, payment=payment)
+        return derive_event(cause, event_type, self.name, payload, occurred_at=now, region=self.region,
+                            payment=payment, discriminator=discriminator)
 
     def tenant(self, event: Event) -> TenantConfig:
         try:

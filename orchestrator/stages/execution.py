@@ -1,4 +1,17 @@
-"""Execution: send a routed payment to its rail's clearing system and record the answer.
+"""Execution: send a routed, funded payment to its rail's clearing system; record the answer.
+
+A payment goes to the clearing system only once the ledger has reserved its funds
+(`FundsReserved`), never before: a payment the ledger refuses (AM04) is never executed.
+Execution reads `routed` and `posted` concurrently with the ledger and joins the two
+events of a payment in its own store, so the reservation and the preparation of the
+clearing call overlap instead of queueing behind each other.
+
+Every rail has a circuit breaker (orchestrator/circuit_breaker.py, configured per rail in
+the tenant file). While it is open, or when a call fails transiently, the payment is not
+failed at once: it waits in the runtime's retry topics (`RetryLater`) and a
+`PaymentDeferred` event puts the wait, the breaker state and the next attempt in the
+timeline. When the rail's `time_limit_s` since routing has passed, the payment ends
+`FAILED rail_time_limit_exceeded` and the ledger releases its funds.
 
 The pure parts are translation (canonical payment to pacs.008, pacs.002 to an outcome
 event, both in `adapters.iso20022`); the one I/O is the clearing call, made through the
@@ -15,28 +28,28 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from adapters.clearing_batch import ClearingBatchClient
 from adapters.clearing_client import ClearingError, ClearingTimeout, ClearingUnavailable
 from adapters.iso20022 import IsoDocumentError
 from adapters.iso20022.pacs002 import ISO_REASON_DESCRIPTIONS, TransactionStatus, parse_pacs002
 from adapters.iso20022.pacs008 import build_pacs008
-from orchestrator.events import Event
+from orchestrator.circuit_breaker import CircuitBreaker
+from orchestrator.events import Event, EventCodec
 from orchestrator.reasons import ReasonCode
+from orchestrator.retries import RetryLater, backoff_s
+from orchestrator.settings import RetrySettings
 from orchestrator.stages.base import Stage
+from orchestrator.storage import open_sqlite, transaction
 from orchestrator.tenants import RailConfig, TenantConfig
 
 log = logging.getLogger("payorch.execution")
 
-# Transient clearing faults are retried in place this many times with jittered
-# exponential backoff; beyond that the payment fails with a reason a person can act on.
-# (Non-blocking retry topics replace this in-place loop for long outages.)
-CLEARING_ATTEMPTS_MAX = 3
-CLEARING_RETRY_DELAY_MS_BASE = 100
-CLEARING_RETRY_DELAY_MS_MAX = 1_000
+# A call is never given less time than this, even just before the rail's time limit.
+_MIN_CALL_TIMEOUT_S = 0.05
 _SETTLED_STATUSES = frozenset({"ACSC", "ACCC", "ACSP", "ACCP"})
 
 
@@ -65,62 +78,189 @@ def outcome_payload(rail: RailConfig, status: TransactionStatus, message_id: str
     }
 
 
+class ExecutionStore:
+    """The join of each payment's route and reservation, its attempts and its outcome,
+    and the last known state of every rail's breaker (read by the intake's /metrics)."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = open_sqlite(path)
+        self.db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS executions (
+              payment_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, routed_event BLOB,
+              reserved INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0, outcome_event BLOB);
+            CREATE TABLE IF NOT EXISTS breakers (
+              tenant_id TEXT NOT NULL, rail TEXT NOT NULL, state TEXT NOT NULL, since_s REAL NOT NULL,
+              retry_at_s REAL, calls INTEGER NOT NULL, failure_rate REAL NOT NULL, slow_rate REAL NOT NULL,
+              trips INTEGER NOT NULL, updated_s REAL NOT NULL, PRIMARY KEY (tenant_id, rail));
+            """
+        )
+
+    def row(self, payment_id: str):
+        return self.db.execute("SELECT * FROM executions WHERE payment_id=?", (payment_id,)).fetchone()
+
+    def note_routed(self, payment_id: str, tenant_id: str, routed: bytes) -> None:
+        self.db.execute("INSERT INTO executions (payment_id, tenant_id, routed_event) VALUES (?,?,?)"
+                        " ON CONFLICT DO UPDATE SET routed_event=coalesce(routed_event, excluded.routed_event)",
+                        (payment_id, tenant_id, routed))
+
+    def note_reserved(self, payment_id: str, tenant_id: str) -> None:
+        self.db.execute("INSERT INTO executions (payment_id, tenant_id, reserved) VALUES (?,?,1)"
+                        " ON CONFLICT DO UPDATE SET reserved=1", (payment_id, tenant_id))
+
+    def count_attempt(self, payment_id: str) -> int:
+        self.db.execute("UPDATE executions SET attempts=attempts+1 WHERE payment_id=?", (payment_id,))
+        return self.row(payment_id)["attempts"]
+
+    def record_outcome(self, payment_id: str, outcome: bytes) -> None:
+        self.db.execute("UPDATE executions SET outcome_event=? WHERE payment_id=?", (outcome, payment_id))
+
+    def save_breaker(self, tenant_id: str, rail: str, snapshot, now_s: float) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO breakers VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (tenant_id, rail, snapshot.state, snapshot.since_s, snapshot.retry_at_s, snapshot.calls,
+             snapshot.failure_rate, snapshot.slow_rate, snapshot.trips, now_s))
+
+
+def read_breaker_states(path: Path) -> list[dict]:
+    """Every rail breaker's last saved state, for /metrics (empty before execution ran)."""
+    if not path.exists():
+        return []
+    db = open_sqlite(path, read_only=True)
+    try:
+        return [dict(row) for row in db.execute("SELECT * FROM breakers ORDER BY tenant_id, rail")]
+    except Exception:  # the table appears with the first execution process
+        return []
+    finally:
+        db.close()
+
+
 class ExecutionStage(Stage):
     name = "execution"
-    input_topics = ("routed",)
-    input_event_types = frozenset({"PaymentRouted"})
+    input_topics = ("routed", "posted")
+    input_event_types = frozenset({"PaymentRouted", "FundsReserved"})
 
-    def __init__(self, tenants: dict[str, TenantConfig], region: str, client: ClearingBatchClient,
-                 url_for: Callable[[str, str], str]) -> None:
+    def __init__(self, tenants: dict[str, TenantConfig], region: str, data_dir: Path, codec: EventCodec,
+                 client: ClearingBatchClient, url_for: Callable[[str, str], str],
+                 retry: RetrySettings = RetrySettings(), rng: random.Random | None = None) -> None:
         super().__init__(tenants, region)
+        self.codec = codec
         self.client = client
         self.url_for = url_for
+        self.retry = retry
+        self.rng = rng or random.Random()
+        self.store = ExecutionStore(data_dir / "execution.sqlite")
+        self.breakers: dict[tuple[str, str], CircuitBreaker] = {}
 
-    def handle_batch(self, events: Sequence[Event], now: datetime) -> list[Event]:
-        """Send the batch's payments concurrently; retry transient failures in place."""
-        work = []
-        for event in events:
-            tenant = self.tenant(event)
-            rail = tenant.rails_by_name.get(event.payload["rail"])
-            if rail is None:
-                raise LookupError(f"tenant {tenant.tenant_id} has no rail {event.payload['rail']!r}")
-            message_id = clearing_message_id(event.payment_id)
-            document = build_pacs008([event.payment], rail, message_id=message_id, created_at=event.occurred_at)
-            work.append((event, rail, message_id, document))
-        outcomes: dict[int, Event] = {}
-        failures: dict[int, tuple[ReasonCode, str]] = {}
-        pending = list(range(len(work)))
-        for attempt in range(1, CLEARING_ATTEMPTS_MAX + 1):
-            answers = self.client.submit_many([
-                (self.url_for(work[i][1].name, work[i][1].clearing.endpoint_path), work[i][3],
-                 work[i][1].clearing.timeout_ms / 1000) for i in pending])
-            retry = []
-            for i, answer in zip(pending, answers, strict=True):
-                event, rail, message_id, _ = work[i]
-                result = self._interpret(event, rail, message_id, answer)
-                if isinstance(result, Event):
-                    outcomes[i] = result
-                    continue
-                failures[i] = result
-                log.warning("clearing attempt %d/%d failed: %s", attempt, CLEARING_ATTEMPTS_MAX, result[1],
-                            extra=event.log_context())
-                retry.append(i)
-            pending = retry
-            if not pending:
-                break
-            if attempt < CLEARING_ATTEMPTS_MAX:
-                delay_ms = min(CLEARING_RETRY_DELAY_MS_MAX, CLEARING_RETRY_DELAY_MS_BASE * 2 ** (attempt - 1))
-                time.sleep(random.uniform(delay_ms / 2, delay_ms) / 1000)
-        for i in pending:
-            event, rail, message_id, _ = work[i]
-            code, detail = failures[i]
-            outcomes[i] = self.emit(event, "PaymentFailed", {
-                "rail": rail.name, "reason_code": code.value, "iso_reason_code": code.iso_code,
-                "reason_detail": detail, "clearing_message_id": message_id}, datetime.now(UTC))
-        return [outcomes[i] for i in range(len(work))]
+    def breaker(self, tenant_id: str, rail: RailConfig, now_s: float) -> CircuitBreaker:
+        key = (tenant_id, rail.name)
+        if key not in self.breakers:
+            self.breakers[key] = CircuitBreaker(rail.breaker, now_s)
+        return self.breakers[key]
 
-    def handle(self, event: Event, now: datetime) -> list[Event]:
+    def handle_batch(self, events: Sequence[Event], now: datetime) -> list:
+        with transaction(self.store.db):
+            outputs: list = []
+            ready: dict[str, tuple[Event, Event]] = {}  # payment id -> (routed event, the event to retry)
+            for event in events:
+                outputs.extend(self._join(event, ready))
+            outputs.extend(self._execute(list(ready.values()), now))
+            return outputs
+
+    def handle(self, event: Event, now: datetime) -> list:
         return self.handle_batch([event], now)
+
+    def _join(self, event: Event, ready: dict[str, tuple[Event, Event]]) -> list[Event]:
+        """Record one half of the join; a payment with both halves and no outcome is ready."""
+        self.tenant(event)  # an unknown tenant is a configuration fault (dead letter)
+        row = self.store.row(event.payment_id)
+        if row is not None and row["outcome_event"] is not None:
+            return [self.codec.decode(row["outcome_event"])]  # redelivery: the same outcome again
+        if event.event_type == "PaymentRouted":
+            self.store.note_routed(event.payment_id, event.tenant_id, self.codec.encode(event))
+        else:
+            self.store.note_reserved(event.payment_id, event.tenant_id)
+        row = self.store.row(event.payment_id)
+        if row["routed_event"] is not None and row["reserved"]:
+            routed = event if event.event_type == "PaymentRouted" else self.codec.decode(row["routed_event"])
+            ready[event.payment_id] = (routed, event)
+        return []
+
+    def _execute(self, ready: list[tuple[Event, Event]], now: datetime) -> list:
+        """Call the clearing system for every ready payment its rail's breaker lets through."""
+        now_s = now.timestamp()
+        outputs: list = []
+        calls = []  # (routed, trigger, rail, message id, document, timeout)
+        touched: set[tuple[str, str]] = set()
+        for routed, trigger in ready:
+            tenant = self.tenant(routed)
+            rail = tenant.rails_by_name.get(routed.payload["rail"])
+            if rail is None:
+                raise LookupError(f"tenant {tenant.tenant_id} has no rail {routed.payload['rail']!r}")
+            deadline = routed.occurred_at + timedelta(seconds=rail.time_limit_s)
+            if now >= deadline:
+                outputs.append(self._time_limit_failure(routed, rail, now))
+                continue
+            breaker = self.breaker(tenant.tenant_id, rail, now_s)
+            touched.add((tenant.tenant_id, rail.name))
+            if not breaker.acquire(now_s):
+                retry_at = datetime.fromtimestamp(breaker.retry_at(now_s), UTC)
+                outputs += self._defer(routed, trigger, rail, ReasonCode.rail_circuit_open,
+                                       f"{rail.display_name}: circuit breaker {breaker.state}, calls paused",
+                                       breaker.state, min(retry_at, deadline), deadline, now)
+                continue
+            message_id = clearing_message_id(routed.payment_id)
+            document = build_pacs008([routed.payment], rail, message_id=message_id, created_at=routed.occurred_at)
+            timeout_s = max(_MIN_CALL_TIMEOUT_S, min(rail.clearing.timeout_ms / 1000,
+                                                     (deadline - now).total_seconds()))
+            calls.append((routed, trigger, rail, message_id, document, timeout_s))
+        answers = self.client.submit_many_timed([
+            (self.url_for(rail.name, rail.clearing.endpoint_path), document, timeout_s)
+            for _, _, rail, _, document, timeout_s in calls])
+        # The breaker's clock is the batch's `now` plus each call's own duration, so the
+        # stage's decisions depend on its inputs only (and replay exactly in tests).
+        answered_s = now_s + max((duration for _, duration in answers), default=0.0)
+        for (routed, trigger, rail, message_id, _, _), (answer, duration_s) in zip(calls, answers, strict=True):
+            result = self._interpret(routed, rail, message_id, answer)
+            breaker = self.breaker(routed.tenant_id, rail, now_s)
+            changed = breaker.record(now_s + duration_s, failed=not isinstance(result, Event), duration_s=duration_s)
+            if changed:
+                log.warning("circuit breaker of rail %s is now %s", rail.name, changed,
+                            extra={"tenant_id": routed.tenant_id, "rail": rail.name, "breaker_state": changed})
+            if isinstance(result, Event):
+                self.store.record_outcome(routed.payment_id, self.codec.encode(result))
+                outputs.append(result)
+                continue
+            code, detail = result
+            log.warning("clearing call failed, the payment waits: %s", detail, extra=routed.log_context())
+            deadline = routed.occurred_at + timedelta(seconds=rail.time_limit_s)
+            outputs += self._defer(routed, trigger, rail, code, detail, breaker.state, None, deadline, now)
+        for tenant_id, rail_name in touched:
+            snapshot = self.breakers[(tenant_id, rail_name)].snapshot(answered_s)
+            self.store.save_breaker(tenant_id, rail_name, snapshot, answered_s)
+        return outputs
+
+    def _defer(self, routed: Event, trigger: Event, rail: RailConfig, code: ReasonCode, detail: str,
+               breaker_state: str, retry_at: datetime | None, deadline: datetime, now: datetime) -> list:
+        """Park the payment until `retry_at` (or its backoff), never past its deadline."""
+        attempt = self.store.count_attempt(routed.payment_id)
+        if retry_at is None:
+            retry_at = now + timedelta(seconds=backoff_s(attempt, self.retry, self.rng))
+        retry_at = min(retry_at, deadline)
+        deferred = self.emit(routed, "PaymentDeferred", {
+            "rail": rail.name, "reason_code": code.value, "reason_detail": detail, "breaker_state": breaker_state,
+            "attempt": attempt, "retry_at": retry_at, "deadline_at": deadline}, now, discriminator=str(attempt))
+        return [deferred, RetryLater(trigger, code.value, detail, not_before=retry_at)]
+
+    def _time_limit_failure(self, routed: Event, rail: RailConfig, now: datetime) -> Event:
+        code = ReasonCode.rail_time_limit_exceeded
+        failed = self.emit(routed, "PaymentFailed", {
+            "rail": rail.name, "reason_code": code.value, "iso_reason_code": code.iso_code,
+            "reason_detail": f"{rail.display_name} did not settle the payment within {rail.time_limit_s:g} s",
+            "clearing_message_id": clearing_message_id(routed.payment_id)}, now)
+        self.store.record_outcome(routed.payment_id, self.codec.encode(failed))
+        log.warning("payment failed: rail time limit of %g s passed", rail.time_limit_s, extra=routed.log_context())
+        return failed
 
     def _interpret(self, event: Event, rail: RailConfig, message_id: str, answer) -> Event | tuple[ReasonCode, str]:
         """The outcome event of one clearing answer, or the transient failure to retry."""

@@ -1,0 +1,172 @@
+"""Execution: funds first, then the rail; breakers, deferrals and the rail's time limit.
+
+The clearing system is replaced by `ScriptedRail`, a test double of the HTTP port that
+answers with real pacs.002 documents (or the transport errors the real client returns),
+so the stage's own decisions are what is tested.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from adapters.clearing_client import ClearingTimeout, ClearingUnavailable
+from adapters.iso20022.pacs002 import TransactionStatus, build_pacs002
+from orchestrator.events import EventCodec
+from orchestrator.retries import RetryLater
+from orchestrator.settings import REPO_ROOT, RetrySettings
+from orchestrator.stages.execution import ExecutionStage, read_breaker_states
+from tests.unit.stage_fixtures import T0, TENANTS, at, follow, received
+
+CODEC = EventCodec(REPO_ROOT / "schemas")
+RAIL = TENANTS["emea"].rails_by_name["sepa_inst"]
+
+
+class ScriptedRail:
+    """Answers each call with the next scripted answer: "ACSC", "RJCT", "down" or "slow"."""
+
+    def __init__(self, *script: str) -> None:
+        self.script = list(script)
+        self.calls: list[tuple[str, float]] = []
+
+    def submit_many_timed(self, requests):
+        results = []
+        for url, document, timeout_s in requests:
+            self.calls.append((url, timeout_s))
+            answer = self.script.pop(0) if self.script else "ACSC"
+            if answer == "down":
+                results.append((ClearingUnavailable("connection refused"), 0.001))
+            elif answer == "slow":
+                results.append((ClearingTimeout(f"no answer in {timeout_s} s"), timeout_s))
+            else:
+                uetr = document.split(b"<UETR>")[1].split(b"</UETR>")[0].decode()
+                status = TransactionStatus(None, uetr, answer, reason_code="AC03" if answer == "RJCT" else None,
+                                           accepted_at=T0 if answer == "ACSC" else None)
+                results.append((build_pacs002("M", statuses=[status], message_id="R", created_at=T0), 0.01))
+        return results
+
+    def close(self) -> None:
+        pass
+
+
+def stage(tmp_path, rail: ScriptedRail) -> ExecutionStage:
+    return ExecutionStage(TENANTS, "test", tmp_path, CODEC, rail, lambda name, path: f"http://sim/{name}{path}",
+                          retry=RetrySettings(backoff_s=(1.0, 2.0, 4.0), jitter=0.0))
+
+
+def routed_and_reserved(index: int = 0):
+    rec = received("emea", index)
+    routed = follow(rec, "PaymentRouted", "routing", {"rail": "sepa_inst", "clearing_system_code": "TGT",
+                                                      "settlement_mode": "rtgs"})
+    reserved = follow(routed, "FundsReserved", "ledger", {"account_id": "cust:x", "amount_minor": 1,
+                                                         "available_after_minor": 0}, seconds=0.1)
+    return routed, reserved
+
+
+def test_nothing_is_sent_before_the_funds_are_reserved(tmp_path):
+    rail = ScriptedRail()
+    execution = stage(tmp_path, rail)
+    routed, reserved = routed_and_reserved()
+    assert execution.handle_batch([routed], at(0.2)) == []
+    assert rail.calls == []
+    (executed,) = execution.handle_batch([reserved], at(0.3))
+    assert executed.event_type == "PaymentExecuted" and executed.causation_id == routed.event_id
+    assert len(rail.calls) == 1
+
+
+def test_reservation_first_then_route_also_executes_once(tmp_path):
+    rail = ScriptedRail()
+    execution = stage(tmp_path, rail)
+    routed, reserved = routed_and_reserved()
+    assert execution.handle_batch([reserved], at(0.2)) == []
+    (first,) = execution.handle_batch([routed], at(0.3))
+    # Redelivery of either half gives back the same outcome without a second call.
+    assert execution.handle_batch([routed, reserved], at(0.4)) == [first, first]
+    assert len(rail.calls) == 1
+
+
+def test_business_rejection_is_an_outcome_not_a_retry(tmp_path):
+    execution = stage(tmp_path, ScriptedRail("RJCT"))
+    routed, reserved = routed_and_reserved()
+    (failed,) = execution.handle_batch([routed, reserved], at(0.3))
+    assert failed.event_type == "PaymentFailed" and failed.payload["iso_reason_code"] == "AC03"
+
+
+def test_a_transient_fault_defers_the_payment_with_backoff_and_a_timeline_event(tmp_path):
+    rail = ScriptedRail("down", "ACSC")
+    execution = stage(tmp_path, rail)
+    routed, reserved = routed_and_reserved()
+    deferred, retry = execution.handle_batch([routed, reserved], at(0.3))
+    assert deferred.event_type == "PaymentDeferred"
+    assert deferred.payload["reason_code"] == "clearing_unavailable" and deferred.payload["attempt"] == 1
+    assert deferred.payload["retry_at"] == at(1.3)
+    assert deferred.payload["deadline_at"] == routed.occurred_at + timedelta(seconds=RAIL.time_limit_s)
+    assert isinstance(retry, RetryLater) and retry.event == reserved and retry.not_before == at(1.3)
+    # The retry topic hands the same event back: now the rail answers.
+    (executed,) = execution.handle_batch([reserved], at(1.4))
+    assert executed.event_type == "PaymentExecuted"
+
+
+def test_past_the_rail_time_limit_the_payment_fails_and_is_not_sent(tmp_path):
+    rail = ScriptedRail("down")
+    execution = stage(tmp_path, rail)
+    routed, reserved = routed_and_reserved()
+    execution.handle_batch([routed, reserved], at(0.3))
+    late = routed.occurred_at + timedelta(seconds=RAIL.time_limit_s + 0.1)
+    (failed,) = execution.handle_batch([reserved], late)
+    assert failed.event_type == "PaymentFailed"
+    assert (failed.payload["reason_code"], failed.payload["iso_reason_code"]) == ("rail_time_limit_exceeded", "AB05")
+    assert len(rail.calls) == 1
+    assert execution.handle_batch([reserved], late) == [failed]
+
+
+def test_a_call_never_outlives_the_time_limit(tmp_path):
+    rail = ScriptedRail("ACSC")
+    execution = stage(tmp_path, rail)
+    routed, reserved = routed_and_reserved()
+    near_end = routed.occurred_at + timedelta(seconds=RAIL.time_limit_s - 0.5)
+    execution.handle_batch([routed, reserved], near_end)
+    assert rail.calls[0][1] == pytest.approx(0.5)
+
+
+def test_an_open_breaker_parks_payments_until_half_open_and_shows_in_the_store(tmp_path):
+    config = RAIL.breaker
+    rail = ScriptedRail(*["down"] * config.min_calls)
+    execution = stage(tmp_path, rail)
+    pairs = [routed_and_reserved(i) for i in range(config.min_calls + 3)]
+    batch = [e for pair in pairs[:config.min_calls] for e in pair]
+    outputs = execution.handle_batch(batch, at(0.5))
+    assert len(rail.calls) == config.min_calls
+    assert sum(isinstance(o, RetryLater) for o in outputs) == config.min_calls
+    (saved,) = read_breaker_states(tmp_path / "execution.sqlite")
+    assert (saved["tenant_id"], saved["rail"], saved["state"], saved["trips"]) == ("emea", "sepa_inst", "open", 1)
+
+    # New payments are not sent while it is open; they wait for the half-open time.
+    late_batch = [e for pair in pairs[config.min_calls:] for e in pair]
+    outputs = execution.handle_batch(late_batch, at(1.0))
+    assert len(rail.calls) == config.min_calls, "no call while the breaker is open"
+    deferred = [o for o in outputs if not isinstance(o, RetryLater)]
+    assert {d.payload["breaker_state"] for d in deferred} == {"open"}
+    assert {d.payload["reason_code"] for d in deferred} == {"rail_circuit_open"}
+    retries = [o for o in outputs if isinstance(o, RetryLater)]
+    opened_at = 0.5 + 0.001  # the failing call's duration: the breaker opened when it answered
+    assert {r.not_before for r in retries} == {at(opened_at + config.open_s)}
+
+    # Half-open: only the configured probes go; when they succeed the breaker closes.
+    reserved_events = [pair[1] for pair in pairs[config.min_calls:]]
+    outputs = execution.handle_batch(reserved_events, at(opened_at + config.open_s))
+    executed = [o for o in outputs if not isinstance(o, RetryLater) and o.event_type == "PaymentExecuted"]
+    assert len(executed) == config.half_open_probes
+    assert read_breaker_states(tmp_path / "execution.sqlite")[0]["state"] == "closed"
+
+
+def test_an_unknown_rail_is_a_configuration_fault(tmp_path):
+    execution = stage(tmp_path, ScriptedRail())
+    rec = received("emea", 0)
+    routed = follow(rec, "PaymentRouted", "routing", {"rail": "nope", "clearing_system_code": "X",
+                                                      "settlement_mode": "rtgs"})
+    reserved = follow(routed, "FundsReserved", "ledger", {"account_id": "a", "amount_minor": 1,
+                                                         "available_after_minor": 0})
+    with pytest.raises(LookupError):
+        execution.handle_batch([routed, reserved], at(0.1))
