@@ -55,7 +55,36 @@ class SimulatorConfig(_Strict):
 
 class SettlementConfig(_Strict):
     mode: Literal["rtgs", "deferred_net"] = "rtgs"
-    cycle_length_s: int = Field(default=60, gt=0, le=86_400)
+    # Deferred net: the netting cycle, 60 s when unset. RTGS settles gross at acceptance,
+    # so its cycle only groups payments for reporting and reconciliation: the UTC business
+    # day when unset (tests set a few seconds to see cycles close).
+    cycle_length_s: int | None = Field(default=None, gt=0, le=86_400)
+    # A cycle closes (and is reconciled against the rail's report) this long after its
+    # end, so that payments the rail accepted just before the end, whose execution result
+    # is still on its way to settlement, are counted in it.
+    close_grace_s: float = Field(default=30.0, ge=0, le=3_600)
+
+    @property
+    def cycle_seconds(self) -> int:
+        if self.cycle_length_s is not None:
+            return self.cycle_length_s
+        return 60 if self.mode == "deferred_net" else 86_400
+
+
+class BreakerConfig(_Strict):
+    """The circuit breaker around the rail's clearing calls (see orchestrator/circuit_breaker.py)."""
+
+    # Calls counted over a sliding window; the breaker opens only with at least
+    # `min_calls` in it, so one failure after a quiet hour does not stop the rail.
+    window_s: float = Field(default=30.0, gt=0, le=3_600)
+    min_calls: int = Field(default=10, ge=1, le=100_000)
+    failure_rate_threshold: float = Field(default=0.5, gt=0, le=1)
+    # A call slower than this counts as slow; too many slow calls open the breaker too.
+    slow_call_ms: int = Field(default=3_000, gt=0, le=600_000)
+    slow_call_rate_threshold: float = Field(default=0.8, gt=0, le=1)
+    # How long it stays open before half-open probes, and how many probes decide.
+    open_s: float = Field(default=5.0, gt=0, le=3_600)
+    half_open_probes: int = Field(default=3, ge=1, le=1_000)
 
 
 class RailConfig(_Strict):
@@ -74,6 +103,10 @@ class RailConfig(_Strict):
     clearing: ClearingConfig
     simulator: SimulatorConfig = SimulatorConfig()
     settlement: SettlementConfig = SettlementConfig()
+    # How long after routing a payment may wait for this rail (breaker open, transient
+    # faults, slow answers) before it ends FAILED and its reservation is released.
+    time_limit_s: float = Field(default=30.0, gt=0, le=86_400)
+    breaker: BreakerConfig = BreakerConfig()
 
     @model_validator(mode="after")
     def _scheme_matches_identification(self) -> "RailConfig":

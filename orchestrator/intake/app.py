@@ -85,9 +85,37 @@ class IdempotencyStore:
         return self.db.execute("SELECT * FROM accepted_payments WHERE payment_id=?", (payment_id,)).fetchone()
 
 
+class BreakerCollector:
+    """Every rail's circuit breaker, as the execution stage last saved it, read at scrape time."""
+
+    def __init__(self, execution_store: Path) -> None:
+        self.execution_store = execution_store
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        from orchestrator.circuit_breaker import STATE_VALUES
+        from orchestrator.stages.execution import read_breaker_states
+
+        state = GaugeMetricFamily("payorch_circuit_breaker_state",
+                                  "Rail circuit breaker: 0 closed, 1 half-open, 2 open", labels=["tenant", "rail", "state"])
+        trips = GaugeMetricFamily("payorch_circuit_breaker_trips", "Times the breaker opened since execution started",
+                                  labels=["tenant", "rail"])
+        failure_rate = GaugeMetricFamily("payorch_circuit_breaker_failure_rate",
+                                         "Failed share of the calls in the breaker's window", labels=["tenant", "rail"])
+        for row in read_breaker_states(self.execution_store):
+            labels = [row["tenant_id"], row["rail"]]
+            state.add_metric([*labels, row["state"]], STATE_VALUES.get(row["state"], -1))
+            trips.add_metric(labels, row["trips"])
+            failure_rate.add_metric(labels, row["failure_rate"])
+        return [state, trips, failure_rate]
+
+
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, execution_store: Path | None = None) -> None:
         self.registry = CollectorRegistry()
+        if execution_store is not None:
+            self.registry.register(BreakerCollector(execution_store))
         self.received = Counter("payorch_intake_payments_received_total", "Payments accepted (202)",
                                 ["tenant", "channel"], registry=self.registry)
         self.problems = Counter("payorch_intake_problems_total", "Problem answers by type",
@@ -111,7 +139,7 @@ def payment_id_for(tenant_id: str, idempotency_key: str | None) -> str:
 
 
 def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publisher: EventPublisher | None = None) -> FastAPI:
-    metrics = Metrics()
+    metrics = Metrics(settings.data_dir / "execution.sqlite")
     namer = TopicNamer(settings.topic_template)
     state: dict = {"ready_checked_at": 0.0, "ready": False}
     key_locks: dict[tuple[str, str], asyncio.Lock] = {}

@@ -40,7 +40,8 @@ TERMINAL_STATUSES = frozenset({"SETTLED", "REJECTED", "FAILED"})
 # Payload fields shown in the timeline: business facts, never account data.
 _TIMELINE_DETAIL_FIELDS = ("reason_code", "iso_reason_code", "reason_detail", "outcome", "best_score", "score",
                            "rules_triggered", "rail", "clearing_status", "cycle_id", "settlement_mode",
-                           "amount_minor", "matched_list", "matched_entry_id")
+                           "amount_minor", "matched_list", "matched_entry_id",
+                           "breaker_state", "attempt", "retry_at", "deadline_at")
 
 
 def next_status(current: str | None, event_type: str) -> str | None:
