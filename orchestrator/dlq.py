@@ -32,7 +32,7 @@ from orchestrator.runtime import (
 from orchestrator.settings import Settings
 from orchestrator.stages.tracking import TERMINAL_STATUSES, TrackingStore
 from orchestrator.storage import open_sqlite
-from orchestrator.topics import DLQ_SUFFIX
+from orchestrator.topics import STAGE_TOPICS, TopicNamer
 
 
 def _headers(message: Message) -> dict[str, str]:
@@ -85,8 +85,15 @@ class DeadLetters:
         self.settings = settings
 
     def topics(self) -> list[str]:
+        """This deployment's dead-letter topics: from its own topic template, so two
+        deployments (or test systems) sharing a cluster never see each other's."""
+        from orchestrator.bootstrap import load_configured_tenants
+
+        namer = TopicNamer(self.settings.topic_template)
+        wanted = {namer.dlq(tenant, stage_topic) for tenant in load_configured_tenants(self.settings)
+                  for stage_topic in STAGE_TOPICS}
         metadata = make_admin(self.settings).list_topics(timeout=10)
-        return sorted(name for name in metadata.topics if name.endswith(DLQ_SUFFIX) and ".payments." in name)
+        return sorted(name for name in metadata.topics if name in wanted)
 
     def messages(self) -> Iterator[Message]:
         """Every dead letter currently stored, oldest first per partition."""

@@ -35,12 +35,15 @@ class LoadResult:
     accepted: int = 0
     refused: dict[int, int] = field(default_factory=dict)
     errors: int = 0
+    retried_requests: int = 0
     send_seconds: float = 0.0
     drain_seconds: float = 0.0
     statuses: dict[str, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
     accept_latencies_ms: list[float] = field(default_factory=list)
     unfinished: list[str] = field(default_factory=list)
+    # Every accepted payment id -> its tenant.
+    payments: dict[str, str] = field(default_factory=dict)
     first_received_at: datetime | None = None
     last_ended_at: datetime | None = None
 
@@ -85,7 +88,10 @@ class LoadResult:
 
 
 async def offer_load(base_url: str, *, rate_per_s: float, duration_s: float, drain_timeout_s: float,
-                     progress=None) -> LoadResult:
+                     progress=None, retry_unavailable_s: float = 0.0) -> LoadResult:
+    """Offer the load. With `retry_unavailable_s`, a request answered 503 (or lost in
+    transport) is sent again with the same Idempotency-Key for up to that long, as a
+    well-behaved client does when the intake says the outcome is unknown."""
     result = LoadResult()
     submitted: dict[str, str] = {}  # payment id -> tenant
     connector = aiohttp.TCPConnector(limit=MAX_IN_FLIGHT_REQUESTS)
@@ -99,22 +105,32 @@ async def offer_load(base_url: str, *, rate_per_s: float, duration_s: float, dra
         semaphore = asyncio.Semaphore(MAX_IN_FLIGHT_REQUESTS)
 
         async def send(tenant: str, body: dict) -> None:
-            async with semaphore:
-                started = time.perf_counter()
-                try:
-                    async with client.post("/v1/payments", json=body, headers={
-                            "X-Tenant-Id": tenant, "Idempotency-Key": f"load-{uuid.uuid4()}"}) as answer:
-                        payload = await answer.read()
-                        status = answer.status
-                except (aiohttp.ClientError, TimeoutError):
-                    result.errors += 1
-                    return
-                result.accept_latencies_ms.append((time.perf_counter() - started) * 1000)
-                if status == 202:
-                    result.accepted += 1
-                    submitted[orjson.loads(payload)["payment_id"]] = tenant
-                else:
-                    result.refused[status] = result.refused.get(status, 0) + 1
+            key = f"load-{uuid.uuid4()}"
+            give_up_at = time.monotonic() + retry_unavailable_s
+            while True:
+                async with semaphore:
+                    started = time.perf_counter()
+                    try:
+                        async with client.post("/v1/payments", json=body, headers={
+                                "X-Tenant-Id": tenant, "Idempotency-Key": key}) as answer:
+                            payload = await answer.read()
+                            status = answer.status
+                    except (aiohttp.ClientError, TimeoutError):
+                        status = None
+                if status in (None, 503) and time.monotonic() < give_up_at:
+                    result.retried_requests += 1
+                    await asyncio.sleep(0.5)
+                    continue
+                break
+            if status is None:
+                result.errors += 1
+                return
+            result.accept_latencies_ms.append((time.perf_counter() - started) * 1000)
+            if status == 202:
+                result.accepted += 1
+                submitted[orjson.loads(payload)["payment_id"]] = tenant
+            else:
+                result.refused[status] = result.refused.get(status, 0) + 1
 
         start = time.perf_counter()
         tasks = []
@@ -145,6 +161,7 @@ async def offer_load(base_url: str, *, rate_per_s: float, duration_s: float, dra
             result.first_received_at = min(filter(None, (result.first_received_at, received)))
             result.last_ended_at = max(filter(None, (result.last_ended_at, ended)))
     result.unfinished = sorted(set(submitted) - set(records))
+    result.payments = dict(submitted)
     return result
 
 

@@ -88,6 +88,20 @@ class System:
         self.start("intake")
         self.wait_http(f"{self.sim_url}/healthz")
         self.wait_http(f"{self.base_url}/readyz")
+        self.wait_stages_consuming()
+
+    def wait_stages_consuming(self, timeout_s: float = PROCESS_READY_TIMEOUT_S) -> None:
+        """Wait until every stage has its producer and consumer (its "consuming" log line):
+        a fault injected before that would hit a stage that has not started yet."""
+        deadline = time.monotonic() + timeout_s
+        waiting = set(STAGE_NAMES)
+        while waiting and time.monotonic() < deadline:
+            for stage in list(waiting):
+                path = self.log_dir / f"{stage}.log"
+                if path.exists() and f"stage {stage} consuming" in path.read_text(errors="replace"):
+                    waiting.discard(stage)
+            time.sleep(0.2)
+        assert not waiting, f"stages not consuming within {timeout_s}s: {sorted(waiting)}; logs in {self.log_dir}"
 
     def wait_http(self, url: str, timeout_s: float = PROCESS_READY_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout_s
@@ -99,6 +113,16 @@ class System:
                 pass
             time.sleep(0.2)
         raise AssertionError(f"{url} did not answer within {timeout_s}s; logs in {self.log_dir}")
+
+    def restart_exited(self) -> list[str]:
+        """Start again every process that exited, as `payorch up` or a container
+        orchestrator would; returns their names."""
+        restarted = []
+        for name, process in list(self.processes.items()):
+            if process.poll() is not None:
+                self.start(name)
+                restarted.append(name)
+        return restarted
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         process = self.processes[name]
