@@ -1,0 +1,173 @@
+"""The runtime's retry and dead-letter routing, without a broker.
+
+The runner is built with real (unconnected) Kafka clients; its routing methods are
+driven with stand-in messages that carry exactly what a consumed message carries.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from orchestrator.events import EventCodec
+from orchestrator.retries import (
+    H_ATTEMPT, H_DUE_AT_MS, H_FIRST_FAILED_AT, H_LAST_ERROR_CLASS, H_ORIGIN_TOPIC, H_STAGE, RetryLater, TransientError,
+    backoff_s, is_transient,
+)
+from orchestrator.runtime import DLQ_HEADER_PREFIX, StageRunner, event_headers
+from orchestrator.settings import REPO_ROOT, KafkaSettings, RetrySettings, RuntimeSettings, Settings
+from tests.unit.stage_fixtures import received
+
+CODEC = EventCodec(REPO_ROOT / "schemas")
+ORIGIN = "emea.payments.routed.v1"
+
+
+class StandInMessage:
+    def __init__(self, event, *, topic: str = ORIGIN, offset: int = 7, extra_headers=()):
+        self._topic, self._offset = topic, offset
+        self._value = CODEC.encode(event)
+        self._headers = event_headers(event, CODEC.writer.version) + list(extra_headers)
+        self._key = event.payment_id.encode()
+
+    def topic(self): return self._topic
+    def partition(self): return 2
+    def offset(self): return self._offset
+    def key(self): return self._key
+    def value(self): return self._value
+    def headers(self): return self._headers
+    def error(self): return None
+
+
+class ScriptedStage:
+    name = "execution"
+    input_topics = ("routed",)
+    input_event_types = None
+
+    def __init__(self, answer):
+        self.answer = answer
+
+    def handle_batch(self, events, now):
+        return self.answer(events)
+
+    def tick(self, now): return []
+    def close(self): pass
+
+
+def runner(stage) -> StageRunner:
+    settings = Settings(kafka=KafkaSettings(bootstrap_servers="127.0.0.1:1"),
+                        runtime=RuntimeSettings(exactly_once=False,
+                                                retry=RetrySettings(backoff_s=(1.0, 4.0), jitter=0.0)))
+    return StageRunner(stage, settings, ["emea"], CODEC)
+
+
+def headers_of(record) -> dict[str, str]:
+    return {k: v.decode() for k, v in record[3]}
+
+
+def route(stage, message):
+    run = runner(stage)
+    poison, retry_due = [], []
+    outputs = run._decide([CODEC.decode(message.value())], [message], poison, retry_due)
+    return outputs, run._retry_records(retry_due, poison), poison
+
+
+def test_runner_subscribes_to_the_retry_levels_of_its_inputs():
+    assert runner(ScriptedStage(lambda e: [])).input_topics == [
+        ORIGIN, ORIGIN + ".retry.1", ORIGIN + ".retry.2"]
+
+
+def test_a_transient_exception_goes_to_retry_level_1_with_its_headers_and_original_bytes():
+    def locked(events):
+        raise sqlite3.OperationalError("database is locked")
+    message = StandInMessage(received())
+    outputs, records, poison = route(ScriptedStage(locked), message)
+    assert outputs == [] and poison == []
+    (record,) = records
+    topic, key, value, _ = record
+    headers = headers_of(record)
+    assert (topic, key, value) == (ORIGIN + ".retry.1", message.key(), message.value())
+    assert headers[H_ATTEMPT] == "1" and headers[H_STAGE] == "execution" and headers[H_ORIGIN_TOPIC] == ORIGIN
+    assert headers[H_LAST_ERROR_CLASS] == "OperationalError"
+    due_in_s = int(headers[H_DUE_AT_MS]) / 1000 - datetime.now(UTC).timestamp()
+    assert 0.5 < due_in_s <= 1.0
+    assert headers["event_type"] == "PaymentReceived", "the original headers travel too"
+
+
+def test_the_next_attempt_goes_one_level_up_and_keeps_the_first_failure_time():
+    def busy(events):
+        raise TransientError("dependency throttled")
+    first = "2026-11-27T10:00:00+00:00"
+    message = StandInMessage(received(), topic=ORIGIN + ".retry.1", extra_headers=[
+        (H_ATTEMPT, b"1"), (H_ORIGIN_TOPIC, ORIGIN.encode()), (H_FIRST_FAILED_AT, first.encode()),
+        (H_STAGE, b"execution")])
+    _, (record,), _ = route(ScriptedStage(busy), message)
+    headers = headers_of(record)
+    assert record[0] == ORIGIN + ".retry.2"
+    assert (headers[H_ATTEMPT], headers[H_FIRST_FAILED_AT]) == ("2", first)
+    assert list(headers).count(H_ATTEMPT) == 1, "earlier retry headers are replaced, not repeated"
+
+
+def test_past_the_last_level_a_transient_fault_is_dead_lettered_with_its_attempts():
+    def busy(events):
+        raise TransientError("still down")
+    message = StandInMessage(received(), topic=ORIGIN + ".retry.2", extra_headers=[
+        (H_ATTEMPT, b"2"), (H_ORIGIN_TOPIC, ORIGIN.encode()), (H_STAGE, b"execution")])
+    run = runner(ScriptedStage(busy))
+    poison, retry_due = [], []
+    run._decide([CODEC.decode(message.value())], [message], poison, retry_due)
+    assert run._retry_records(retry_due, poison) == []
+    (dead,) = run._dead_letter_records(poison)
+    headers = headers_of(dead)
+    assert dead[0] == ORIGIN + ".dlq", "dead letters belong to the origin topic, not the retry topic"
+    assert headers[DLQ_HEADER_PREFIX + "attempts"] == "3"
+    assert headers[DLQ_HEADER_PREFIX + "error_class"] == "RetriesExhausted"
+    assert headers[DLQ_HEADER_PREFIX + "origin_topic"] == ORIGIN
+
+
+def test_a_bug_is_dead_lettered_at_once_never_retried():
+    def bug(events):
+        raise KeyError("rail")
+    outputs, records, poison = route(ScriptedStage(bug), StandInMessage(received()))
+    assert records == [] and len(poison) == 1 and isinstance(poison[0][1], KeyError)
+
+
+def test_a_stage_deferral_waits_until_its_time_and_other_outputs_still_go_out():
+    event = received()
+    when = datetime.now(UTC) + timedelta(seconds=30)
+    marker = received()
+
+    def defer(events):
+        return [marker, RetryLater(events[0], "rail_circuit_open", "breaker open", not_before=when)]
+    outputs, (record,), poison = route(ScriptedStage(defer), StandInMessage(event))
+    assert outputs == [marker] and poison == []
+    due_s = int(headers_of(record)[H_DUE_AT_MS]) / 1000
+    assert when.timestamp() - 0.001 <= due_s <= when.timestamp() + 0.5  # due times are whole ms
+
+
+def test_stage_deferrals_are_bounded_by_the_stage_not_by_the_levels():
+    event = received()
+    message = StandInMessage(event, topic=ORIGIN + ".retry.2", extra_headers=[
+        (H_ATTEMPT, b"9"), (H_ORIGIN_TOPIC, ORIGIN.encode()), (H_STAGE, b"execution")])
+    _, (record,), poison = route(ScriptedStage(
+        lambda events: [RetryLater(events[0], "rail_circuit_open", "open", not_before=datetime.now(UTC))]), message)
+    assert poison == [] and record[0] == ORIGIN + ".retry.2"
+
+
+@pytest.mark.parametrize("exc, transient", [
+    (sqlite3.OperationalError("database is locked"), True),
+    (sqlite3.OperationalError("no such table: x"), False),
+    (TimeoutError(), True), (ConnectionResetError(), True), (TransientError("x"), True),
+    (ValueError("x"), False), (LookupError("no tenant"), False),
+])
+def test_transient_faults_are_told_from_bugs(exc, transient):
+    assert is_transient(exc) is transient
+
+
+def test_backoff_grows_per_level_with_bounded_jitter():
+    settings = RetrySettings(backoff_s=(1.0, 4.0, 16.0), jitter=0.25)
+    for attempt, base in ((1, 1.0), (2, 4.0), (3, 16.0), (7, 16.0)):
+        delays = [backoff_s(attempt, settings) for _ in range(200)]
+        assert all(base * 0.75 <= d <= base * 1.25 for d in delays)
+        assert len({round(d, 6) for d in delays}) > 1, "jitter spreads retries out"
