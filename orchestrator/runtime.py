@@ -510,6 +510,11 @@ class StageRunner:
                 produce_record(self.producer, topic, key, value, headers, tracker)
             if offsets:
                 self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), timeout_s)
+            hold_s = self.settings.runtime.drill_hold_transaction_s
+            if hold_s and records:
+                log.warning("drill: holding a transaction of %d records open for %.1f s", len(records), hold_s,
+                            extra={"stage": self.handler.name})
+                time.sleep(hold_s)
             for attempt in range(1, TXN_COMMIT_ATTEMPTS_MAX + 1):
                 try:
                     self.producer.commit_transaction(timeout_s)

@@ -84,6 +84,9 @@ class RuntimeSettings(BaseModel):
     # offsets stored after the outputs are acknowledged (stages are idempotent either way).
     exactly_once: bool = True
     retry: RetrySettings = RetrySettings()
+    # Failure drills only (0 in production): hold each non-empty transaction open this long
+    # before committing it, so a test can SIGKILL a stage inside an open transaction.
+    drill_hold_transaction_s: float = Field(default=0.0, ge=0, le=60)
 
 
 class IntakeSettings(BaseModel):
@@ -115,6 +118,29 @@ class ClearingSettings(BaseModel):
     max_concurrent_requests: int = Field(default=64, ge=1, le=1_024)
 
 
+class DynamoDBSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # None means AWS's regional endpoint; tests point it at a local DynamoDB EMULATOR.
+    endpoint_url: str | None = None
+    # None means boto3's own resolution (AWS_REGION, the profile, the task metadata).
+    region: str | None = None
+    # Tables are "<prefix>ledger-accounts", "-transfers", "-entries"; a prefix per
+    # deployment (or per test) keeps several ledgers apart in one account.
+    table_prefix: str = Field(default="payorch-", pattern=r"^[A-Za-z0-9_.-]{0,200}$")
+    max_attempts: int = Field(default=5, ge=1, le=20)
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+
+
+class StorageSettings(BaseModel):
+    """Where the ledger keeps its state. The other stores are SQLite for now."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: Literal["sqlite", "dynamodb"] = "sqlite"
+    dynamodb: DynamoDBSettings = DynamoDBSettings()
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PAYORCH_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -136,6 +162,7 @@ class Settings(BaseSettings):
     runtime: RuntimeSettings = RuntimeSettings()
     intake: IntakeSettings = IntakeSettings()
     clearing: ClearingSettings = ClearingSettings()
+    storage: StorageSettings = StorageSettings()
 
     def tenant_filter(self) -> set[str] | None:
         names = {name.strip() for name in self.tenants.split(",") if name.strip()}
