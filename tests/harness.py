@@ -31,6 +31,29 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_port_block(count: int) -> int:
+    """The first of `count` consecutive free ports (`payorch up` gives each rail's
+    simulator the next port). Drawn below the kernel's ephemeral range, so a client
+    connection of another process cannot take one of them between check and bind."""
+    import random
+
+    for _ in range(200):
+        base = random.randrange(20_000, 32_000 - count)
+        socks = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError(f"no block of {count} free ports found")
+
+
 class System:
     def __init__(self, bootstrap: str, work_dir: Path, *, extra_env: dict[str, str] | None = None) -> None:
         self.run_id = uuid.uuid4().hex[:8]

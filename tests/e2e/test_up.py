@@ -21,7 +21,7 @@ import pytest
 
 from orchestrator.loadgen import offer_load
 from orchestrator.settings import REPO_ROOT
-from tests.harness import free_port
+from tests.harness import free_port, free_port_block
 
 pytestmark = pytest.mark.e2e
 
@@ -39,7 +39,7 @@ class Up:
         env.update({
             "PAYORCH_DATA_DIR": str(work_dir / "data"),
             "PAYORCH_INTAKE__PORT": str(self.intake_port),
-            "PAYORCH_CLEARING__SIMULATOR_PORT": str(sim_port := free_port()),
+            "PAYORCH_CLEARING__SIMULATOR_PORT": str(sim_port := free_port_block(16)),
             "PAYORCH_CLEARING__BASE_URL": f"http://127.0.0.1:{sim_port}",
             "PYTHONUNBUFFERED": "1",
         })
