@@ -35,6 +35,14 @@ INTAKE_READY_TIMEOUT_S = 120.0
 CHILD_STOP_TIMEOUT_S = 20.0
 
 
+
+def write_pid_file(path: Path, pid: int) -> None:
+    """Write then rename, so a reader never sees an empty or half-written pid file."""
+    partial = path.with_suffix(".pid.tmp")
+    partial.write_text(f"{pid}\n")
+    partial.replace(path)
+
+
 @dataclass
 class Child:
     name: str
@@ -77,7 +85,7 @@ class Supervisor:
         self.local_kafka = LocalKafka(data_dir=self.settings.data_dir.parent / "kafka",
                                       log_dir=self.log_dir)
         bootstrap = self.local_kafka.start()
-        (self.run_dir / "kafka.pid").write_text(f"{self.local_kafka.pid}\n")
+        write_pid_file(self.run_dir / "kafka.pid", self.local_kafka.pid)
         self.echo(f"local Kafka ready at {bootstrap}")
         return bootstrap
 
@@ -104,7 +112,7 @@ class Supervisor:
         child.process = subprocess.Popen(child.argv, env=env, stdout=child.log_file, stderr=subprocess.STDOUT,
                                          cwd=REPO_ROOT, start_new_session=True)
         child.started_at = time.monotonic()
-        (self.run_dir / f"{child.name}.pid").write_text(f"{child.process.pid}\n")
+        write_pid_file(self.run_dir / f"{child.name}.pid", child.process.pid)
 
     def run(self) -> int:
         self.log_dir.mkdir(parents=True, exist_ok=True)
