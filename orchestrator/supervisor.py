@@ -35,7 +35,6 @@ INTAKE_READY_TIMEOUT_S = 120.0
 CHILD_STOP_TIMEOUT_S = 20.0
 
 
-
 def write_pid_file(path: Path, pid: int) -> None:
     """Write then rename, so a reader never sees an empty or half-written pid file."""
     partial = path.with_suffix(".pid.tmp")
