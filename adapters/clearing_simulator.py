@@ -28,7 +28,16 @@ POST /rails/{rail}/pacs008          body application/xml, one pacs.008.001.08
 POST /admin/rails/{rail}/outage     {"seconds": N}: answer 503 for N seconds (0 ends it)
 POST /admin/rails/{rail}/behaviour  {"latency_ms_p50", "latency_ms_max", "reject_rate",
                                      "unknown_creditor_accounts"}: override at runtime
-GET  /rails/{rail}/report?since=ISO-8601  settled transactions, for reconciliation
+GET  /rails/{rail}/report?since=ISO-8601&until=ISO-8601
+                                    settled transactions with settled_at in [since, until),
+                                    for settlement's cycle reconciliation
+POST /admin/rails/{rail}/report-discrepancies  SIMULATOR-ONLY, for tests: make the report
+                                    differ from what was settled, {"kind": "omit" | "amount" |
+                                    "duplicate" | "extra", "uetr", "amount_minor", "currency",
+                                    "settled_at"}; omit drops the UETR's line, amount reports
+                                    another amount, duplicate lists it twice, extra adds a line
+                                    for a payment never sent (uetr generated when absent)
+GET/DELETE /admin/rails/{rail}/report-discrepancies  list / clear them
 GET  /healthz
 
 State lives in memory and is bounded: the last `max_transactions` answered
@@ -49,7 +58,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio.to_thread
 from fastapi import FastAPI, Query, Request
@@ -135,6 +144,20 @@ class BehaviourOverride(BaseModel):
     unknown_creditor_accounts: list[str] | None = None
 
 
+class ReportDiscrepancy(BaseModel):
+    """SIMULATOR-ONLY: a deliberate difference between what the simulator settled and
+    what its settlement report says, so tests can prove that reconciliation finds it.
+    A real clearing system has no such switch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["omit", "amount", "duplicate", "extra"]
+    uetr: str | None = Field(default=None, max_length=64)
+    amount_minor: int | None = Field(default=None, gt=0)
+    currency: str | None = Field(default=None, min_length=3, max_length=3)
+    settled_at: datetime | None = None
+
+
 class OutageRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -193,6 +216,8 @@ class ClearingSimulator:
         if wanted is not None and wanted - set(self.rails):
             raise ValueError(f"no tenant file defines rails {sorted(wanted - set(self.rails))}")
         self._records: OrderedDict[str, TransactionRecord] = OrderedDict()
+        # SIMULATOR-ONLY report discrepancies per rail (see ReportDiscrepancy).
+        self._discrepancies: dict[str, list[ReportDiscrepancy]] = {name: [] for name in self.rails}
         self._responses: OrderedDict[str, _StoredResponse] = OrderedDict()
         self._inflight: dict[str, asyncio.Future[TransactionRecord]] = {}
 
@@ -477,11 +502,22 @@ class ClearingSimulator:
 
     # -- report -------------------------------------------------------------------
 
-    def report(self, rail_name: str, since: datetime | None) -> list[dict[str, Any]]:
-        if since is not None and since.tzinfo is None:
-            since = since.replace(tzinfo=UTC)
-        rows = [
-            {
+    def report(self, rail_name: str, since: datetime | None, until: datetime | None = None) -> list[dict[str, Any]]:
+        """Settled transactions of the rail with settled_at in [since, until), as the
+        (possibly SIMULATOR-ONLY falsified, see `add_discrepancy`) report states them."""
+        since = _aware(since)
+        until = _aware(until)
+
+        def in_window(moment: datetime) -> bool:
+            return (since is None or moment >= since) and (until is None or moment < until)
+
+        discrepancies = self._discrepancies[rail_name]
+        by_uetr = {d.uetr: d for d in discrepancies if d.kind != "extra"}
+        rows = []
+        for record in self._records.values():
+            if record.rail != rail_name or record.settled_at is None or not in_window(record.settled_at):
+                continue
+            row = {
                 "uetr": record.uetr,
                 "end_to_end_id": record.end_to_end_id,
                 "transaction_id": record.transaction_id,
@@ -491,13 +527,56 @@ class ClearingSimulator:
                 "message_id": record.original_message_id,
                 "status_message_id": record.response_message_id,
             }
-            for record in self._records.values()
-            if record.rail == rail_name
-            and record.settled_at is not None
-            and (since is None or record.settled_at >= since)
-        ]
+            change = by_uetr.get(record.uetr)
+            if change is not None and change.kind == "omit":
+                continue
+            if change is not None and change.kind == "amount":
+                row["amount_minor"] = change.amount_minor
+                row["currency"] = change.currency or record.currency
+            rows.append(row)
+            if change is not None and change.kind == "duplicate":
+                rows.append(dict(row))
+        for extra in discrepancies:
+            if extra.kind == "extra" and extra.settled_at is not None and in_window(extra.settled_at):
+                rows.append({
+                    "uetr": extra.uetr, "end_to_end_id": "SIM-EXTRA", "transaction_id": None,
+                    "amount_minor": extra.amount_minor, "currency": extra.currency,
+                    "settled_at": extra.settled_at.isoformat(), "message_id": "SIM-EXTRA",
+                    "status_message_id": "SIM-EXTRA",
+                })
         rows.sort(key=lambda row: row["settled_at"])
         return rows
+
+    # -- SIMULATOR-ONLY report discrepancies ----------------------------------------------
+
+    def add_discrepancy(self, rail_name: str, change: ReportDiscrepancy) -> ReportDiscrepancy:
+        """Make the rail's report differ from what it settled (tests only)."""
+        state = self.rails[rail_name]
+        if change.kind in ("omit", "amount", "duplicate") and not change.uetr:
+            raise ValueError(f"a {change.kind} discrepancy names the uetr of a transaction")
+        if change.kind in ("amount", "extra") and change.amount_minor is None:
+            raise ValueError(f"a {change.kind} discrepancy needs amount_minor")
+        if change.kind == "extra":
+            change = change.model_copy(update={
+                "uetr": change.uetr or str(uuid.UUID(int=self._rng.getrandbits(128), version=4)),
+                "currency": change.currency or state.config.currencies[0],
+                "settled_at": _aware(change.settled_at) or datetime.now(UTC),
+            })
+        self._discrepancies[rail_name].append(change)
+        log.warning("CLEARING SIMULATOR report of %s falsified for a test: %s %s", rail_name, change.kind, change.uetr)
+        return change
+
+    def discrepancies(self, rail_name: str) -> list[ReportDiscrepancy]:
+        return list(self._discrepancies[rail_name])
+
+    def clear_discrepancies(self, rail_name: str) -> None:
+        self._discrepancies[rail_name].clear()
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment
 
 
 def _readable_message_id(root: etree._Element) -> str | None:
@@ -592,10 +671,36 @@ def create_simulator_app(
         )
 
     @app.get("/rails/{rail}/report")
-    async def report(rail: str, since: datetime | None = Query(default=None)) -> Response:
+    async def report(rail: str, since: datetime | None = Query(default=None),
+                     until: datetime | None = Query(default=None)) -> Response:
         if rail not in simulator.rails:
             return unknown_rail(rail)
-        return JSONResponse({"rail": rail, "transactions": simulator.report(rail, since)})
+        return JSONResponse({"rail": rail, "transactions": simulator.report(rail, since, until)})
+
+    @app.post("/admin/rails/{rail}/report-discrepancies", status_code=201)
+    async def add_report_discrepancy(rail: str, change: ReportDiscrepancy) -> Response:
+        """SIMULATOR-ONLY: falsify the rail's report so tests can check reconciliation."""
+        if rail not in simulator.rails:
+            return unknown_rail(rail)
+        try:
+            added = simulator.add_discrepancy(rail, change)
+        except ValueError as exc:
+            return _problem(422, "invalid-discrepancy", "Invalid report discrepancy", str(exc))
+        return JSONResponse({"rail": rail, **added.model_dump(mode="json")}, status_code=201)
+
+    @app.get("/admin/rails/{rail}/report-discrepancies")
+    async def list_report_discrepancies(rail: str) -> Response:
+        if rail not in simulator.rails:
+            return unknown_rail(rail)
+        return JSONResponse({"rail": rail, "discrepancies": [d.model_dump(mode="json")
+                                                             for d in simulator.discrepancies(rail)]})
+
+    @app.delete("/admin/rails/{rail}/report-discrepancies")
+    async def clear_report_discrepancies(rail: str) -> Response:
+        if rail not in simulator.rails:
+            return unknown_rail(rail)
+        simulator.clear_discrepancies(rail)
+        return Response(status_code=204)
 
     return app
 

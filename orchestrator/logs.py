@@ -25,6 +25,10 @@ _CONTEXT_KEYS = (
     "reason_code",
     "error_class",
     "count",
+    # Settlement cycles: which cycle of which rail, and a reconciliation exception's kind.
+    "cycle_id",
+    "rail",
+    "kind",
 )
 
 

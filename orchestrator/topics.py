@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# The stage topics of the flow, in order. Each stage writes exactly one of them.
+# The stage topics of the flow, in order. Each stage writes one of them for its payment
+# events; settlement also writes `cycles`, its cycle-level events (another schema family,
+# settlement_cycle_event.v*.avsc, keyed by cycle id).
 STAGE_TOPICS = (
     "received",
     "initiated",
@@ -14,6 +16,7 @@ STAGE_TOPICS = (
     "executed",
     "posted",
     "settled",
+    "cycles",
 )
 
 # The topic each producing stage writes.

@@ -48,6 +48,9 @@ _XSD_RESOURCES: dict[str, tuple[str, str]] = {
     # The official camt.054.001.08 (ISO Standards Editor output of 2019-02-14), which
     # `camt053` ships with the rest of the camt.052/053/054 family.
     "camt.054.001.08": ("camt053", "xsd/camt.054.001.08.xsd"),
+    # Settlement cycle statements; the same .08 generation as camt.054, so the entry
+    # blocks (ReportEntry10) are the same types.
+    "camt.053.001.08": ("camt053", "xsd/camt.053.001.08.xsd"),
 }
 SUPPORTED_MESSAGE_VERSIONS = tuple(_XSD_RESOURCES)
 

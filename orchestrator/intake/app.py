@@ -24,7 +24,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -350,7 +350,8 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
                           "reason": None, "end_to_end_id": accepted["end_to_end_id"],
                           "timeline": [{"stage": "intake", "event_type": "PaymentReceived",
                                         "occurred_at": accepted["received_at"], "event_id": accepted["event_id"],
-                                        "correlation_id": payment_id}]}
+                                        "correlation_id": payment_id}],
+                          "exceptions": []}
         # Another tenant's payment is indistinguishable from a missing one.
         if record is None or record["tenant_id"] != tenant.tenant_id:
             raise Problem("payment-not-found", f"no payment {payment_id} for tenant {tenant.tenant_id}")
@@ -387,26 +388,66 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
             account_servicer=holder.agent, bank_code_scheme=rail.bank_code_scheme if rail else None)
         return Response(document, media_type="application/xml")
 
+    # -- settlement cycles (closed ones, as tracking recorded their CycleClosed) ----------
+
+    def closed_cycle(tenant: TenantConfig, cycle_id: str) -> dict:
+        store = tracking()
+        try:
+            cycle = store.cycle(tenant.tenant_id, cycle_id) if store and len(cycle_id) <= 64 else None
+        except sqlite3.OperationalError:
+            cycle = None  # the tracking stage has not created its tables yet
+        # Another tenant's cycle is indistinguishable from a missing one.
+        if cycle is None:
+            raise Problem("cycle-not-found", f"no closed cycle {cycle_id[:64]} for tenant {tenant.tenant_id}")
+        return cycle
+
+    @app.get("/v1/settlement/cycles")
+    async def settlement_cycles(request: Request, rail: str | None = Query(default=None, max_length=32),
+                                limit: int = Query(default=100, ge=1, le=1_000)):
+        tenant = tenant_of(request)
+        store = tracking()
+        try:
+            cycles = store.cycles(tenant.tenant_id, rail=rail, limit=limit) if store else []
+        except sqlite3.OperationalError:
+            cycles = []
+        for cycle in cycles:
+            cycle["links"] = _cycle_links(cycle["cycle_id"])
+        return {"tenant_id": tenant.tenant_id, "cycles": cycles}
+
+    @app.get("/v1/settlement/cycles/{cycle_id}")
+    async def settlement_cycle(cycle_id: str, request: Request):
+        cycle = closed_cycle(tenant_of(request), cycle_id)
+        cycle["links"] = _cycle_links(cycle["cycle_id"])
+        return cycle
+
+    @app.get("/v1/settlement/cycles/{cycle_id}/statement")
+    async def settlement_statement(cycle_id: str, request: Request):
+        """The cycle's camt.053, exactly as settlement stored it (checked against the
+        sha256 its CycleClosed event carried)."""
+        from orchestrator.stages.settlement import statement_path
+
+        tenant = tenant_of(request)
+        cycle = closed_cycle(tenant, cycle_id)
+        path = statement_path(settings.data_dir, tenant.tenant_id, cycle["cycle_id"])
+        try:
+            document = await asyncio.to_thread(path.read_bytes)
+        except OSError as exc:
+            log.error("statement of a closed cycle is unreadable: %r", exc,
+                      extra={"tenant_id": tenant.tenant_id, "cycle_id": cycle["cycle_id"]})
+            raise Problem("internal-error", "the cycle's statement is not available on this host") from None
+        if hashlib.sha256(document).hexdigest() != cycle["statement_sha256"]:
+            log.error("statement does not match the digest of its cycle close",
+                      extra={"tenant_id": tenant.tenant_id, "cycle_id": cycle["cycle_id"]})
+            raise Problem("internal-error", "the cycle's stored statement does not match its recorded digest")
+        return Response(document, media_type="application/xml",
+                        headers={"ETag": f'"{cycle["statement_sha256"]}"'})
+
     @app.get("/v1/ledger/summary")
     async def ledger_summary(request: Request):
         tenant = tenant_of(request)
-        path = settings.data_dir / "ledger.sqlite"
-        if not path.exists():
-            return {"tenant_id": tenant.tenant_id, "currencies": [], "transfers": {}}
-        ledger = open_sqlite(path, read_only=True)
-        try:
-            currencies = [dict(row) for row in ledger.execute(
-                "SELECT currency, kind, count(*) AS accounts, sum(debits_posted) AS debits_posted_minor,"
-                " sum(credits_posted) AS credits_posted_minor, sum(debits_pending) AS debits_pending_minor,"
-                " sum(credits_pending) AS credits_pending_minor FROM accounts WHERE tenant_id=?"
-                " GROUP BY currency, kind ORDER BY currency, kind", (tenant.tenant_id,))]
-            transfers = {row["state"]: row["n"] for row in ledger.execute(
-                "SELECT state, count(*) AS n FROM transfers WHERE tenant_id=? GROUP BY state", (tenant.tenant_id,))}
-        except sqlite3.OperationalError:
-            currencies, transfers = [], {}
-        finally:
-            ledger.close()
-        return {"tenant_id": tenant.tenant_id, "currencies": currencies, "transfers": transfers}
+        # Off the event loop: with DynamoDB this is a network scan, not a local file read.
+        summary = await asyncio.to_thread(_ledger_summary, settings, tenant.tenant_id)
+        return {"tenant_id": tenant.tenant_id, **summary}
 
     @app.get("/healthz")
     async def healthz():
@@ -429,12 +470,33 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
     return app
 
 
+def _ledger_summary(settings: Settings, tenant_id: str) -> dict:
+    """The tenant's ledger totals, read through the ledger's storage port (either backend)."""
+    from orchestrator.ledger_store import LedgerStoreMissing, open_ledger_store
+
+    empty = {"currencies": [], "transfers": {}}
+    try:
+        store = open_ledger_store(settings, read_only=True)
+    except LedgerStoreMissing:
+        return empty  # the ledger has not written anything yet
+    try:
+        return store.summary(tenant_id)
+    except sqlite3.OperationalError:
+        return empty  # the file exists but the ledger has not created its tables yet
+    finally:
+        store.close()
+
+
 def _broker_answers(publisher: EventPublisher) -> bool:
     try:
         publisher.producer.list_topics(timeout=1.0)
         return True
     except Exception:
         return False
+
+
+def _cycle_links(cycle_id: str) -> dict:
+    return {"self": f"/v1/settlement/cycles/{cycle_id}", "statement": f"/v1/settlement/cycles/{cycle_id}/statement"}
 
 
 def _accepted_body(payment: Payment) -> dict:

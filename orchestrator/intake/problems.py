@@ -23,6 +23,7 @@ PROBLEM_KINDS: dict[str, tuple[int, str]] = {
     "invalid-idempotency-key": (400, "The Idempotency-Key header is not valid"),
     "payment-not-found": (404, "No such payment"),
     "payment-not-settled": (409, "The payment has not settled"),
+    "cycle-not-found": (404, "No such closed settlement cycle"),
     "not-found": (404, "Not found"),
     "method-not-allowed": (405, "Method not allowed"),
     "xml-rejected": (400, "The XML document was refused"),

@@ -3,6 +3,7 @@ from __future__ import annotations
 import itertools
 from datetime import UTC, datetime
 
+from orchestrator.cycle_events import CycleEventCodec
 from orchestrator.events import EventCodec
 from orchestrator.settings import REPO_ROOT
 from orchestrator.stages.initiation import InitiationStage
@@ -79,14 +80,19 @@ def test_cycles_gross_per_day_and_net_per_window():
     assert cycle_of(rail_net, t.replace(second=0, minute=1))[0] == "fps:20261127T100100:net60"
 
 
-def test_settlement_is_idempotent_and_nets_positions(tmp_path):
-    stage = SettlementStage(TENANTS, "test", tmp_path, CODEC)
+def test_settlement_is_idempotent_and_assigns_the_cycle(tmp_path):
+    # Cycle closes, net positions and reconciliation: tests/unit/test_settlement_cycles.py.
+    from tests.unit.test_settlement_cycles import FakeReports
+
+    stage = SettlementStage(TENANTS, "test", tmp_path, CODEC, cycle_codec=CycleEventCodec(REPO_ROOT / "schemas"),
+                            reports=FakeReports())
     events = journey()
     executed = events[6]
     [settled] = stage.handle_batch([executed], at(6))
     assert stage.handle_batch([executed], at(7)) == [settled]
-    row = stage.db.execute("SELECT payments, sent_minor FROM net_positions").fetchone()
-    assert (row["payments"], row["sent_minor"]) == (1, executed.payment.amount_minor)
+    assert settled.payload["cycle_id"] == "sepa_inst:2026-11-27:rtgs"
+    row = stage.db.execute("SELECT cycle_id, amount_minor FROM settled_payments").fetchone()
+    assert (row["cycle_id"], row["amount_minor"]) == ("sepa_inst:2026-11-27:rtgs", executed.payment.amount_minor)
 
 
 def test_initiation_rejects_a_second_payment_with_the_same_instruction(tmp_path):
