@@ -50,14 +50,23 @@ def build_stage(name: str, settings: Settings, tenants: dict[str, TenantConfig],
         return ExecutionStage(tenants, region, data_dir, codec, client, settings.clearing.url_for,
                               retry=settings.runtime.retry)
     if name == "ledger":
+        from orchestrator.ledger_store import open_ledger_store
         from orchestrator.stages.ledger import LedgerStage
-        return LedgerStage(tenants, region, data_dir, codec)
+        # PAYORCH_STORAGE__BACKEND: ledger.sqlite in the data dir, or DynamoDB tables.
+        return LedgerStage(tenants, region, open_ledger_store(settings), codec)
     if name == "settlement":
+        from adapters.clearing_report import HttpReportSource
+        from orchestrator.cycle_events import CycleEventCodec
         from orchestrator.stages.settlement import SettlementStage
-        return SettlementStage(tenants, region, data_dir, codec)
+        # Each cycle close reads the rail's settlement report where execution reaches
+        # the rail (locally: the clearing simulator's report endpoint).
+        return SettlementStage(tenants, region, data_dir, codec, cycle_codec=CycleEventCodec(settings.schemas_dir),
+                               reports=HttpReportSource(settings.clearing.url_for))
     if name == "tracking":
+        from orchestrator.cycle_events import CycleEventCodec
         from orchestrator.stages.tracking import TrackingStage
-        return TrackingStage(tenants, region, data_dir)
+        # Tracking reads payment events and settlement's cycle events (two schema families).
+        return TrackingStage(tenants, region, data_dir, codec=codec, cycle_codec=CycleEventCodec(settings.schemas_dir))
     raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGE_NAMES)}")
 
 

@@ -151,10 +151,13 @@ def dlq_replay(
 
 @ledger_app.command("verify")
 def ledger_verify() -> None:
-    """Check every ledger invariant; exit 1 with a report if any fails."""
-    from orchestrator.ledger_verify import verify_ledger
+    """Check every ledger invariant; exit 1 with a report if any fails.
 
-    result = verify_ledger(get_settings().data_dir)
+    Reads the configured store (PAYORCH_STORAGE__BACKEND: SQLite or DynamoDB) and the
+    tracking store in the data dir."""
+    from orchestrator.ledger_verify import verify_configured_ledger
+
+    result = verify_configured_ledger(get_settings())
     for line in result.report_lines():
         typer.echo(line)
     typer.echo(result.summary_line())

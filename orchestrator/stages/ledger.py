@@ -9,23 +9,51 @@ separately, at every commit.
 The events of a payment arrive on two topics (routed, executed) with no order between
 them, so the transfer is a small state machine that accepts either first. Each event it
 emits is stored with the transfer and re-emitted unchanged on redelivery.
+
+This module only decides. What it decides for one event is one `LedgerChange`, which the
+store (`orchestrator/ledger_store.py`: SQLite or DynamoDB) applies atomically, refusing it
+if the transfer's state, the leg's entries or the debtor's available funds moved since the
+decision read them. The stage then reads and decides again, so a redelivery that lost a
+race re-emits the stored event instead of posting twice, on every backend alike.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from datetime import datetime
-from pathlib import Path
 
 from orchestrator.domain import Payment
 from orchestrator.events import Event, EventCodec
+from orchestrator.ledger_store import (
+    POSTED,
+    REJECTED,
+    RELEASED,
+    RESERVED,
+    BalanceMove,
+    Entry,
+    FundsCheck,
+    LedgerChange,
+    LedgerConflict,
+    LedgerStore,
+    Transfer,
+)
 from orchestrator.reasons import ReasonCode
+from orchestrator.retries import TransientError
 from orchestrator.stages.base import Stage
-from orchestrator.storage import open_sqlite, transaction
 from orchestrator.tenants import TenantConfig
 
-RESERVED, POSTED, RELEASED, REJECTED = "RESERVED", "POSTED", "RELEASED", "REJECTED"
+__all__ = ["LedgerStage", "LedgerInvariantError", "LedgerContention", "customer_account_id",
+           "clearing_account_id", "RESERVED", "POSTED", "RELEASED", "REJECTED"]
+
+log = logging.getLogger("payorch.ledger")
+
+# Decisions per event before giving up. A conflict needs another writer to have changed
+# the same transfer or account in the few ms between read and write; after a redelivery
+# race the second decision is a plain re-emit, so more than a couple of rounds means a
+# hot account under heavy contention, not a loop.
+_MAX_DECISIONS = 8
 
 
 class LedgerInvariantError(RuntimeError):
@@ -44,49 +72,12 @@ def clearing_account_id(tenant_id: str, rail: str, currency: str) -> str:
     return f"clearing:{tenant_id}:{rail}:{currency}"
 
 
-class LedgerStore:
-    """The ledger's tables; every method runs inside the caller's transaction."""
+class LedgerContention(TransientError):
+    """Every decision for an event lost a race; nothing was written, so the runtime retries
+    the event later (retry topics) instead of dead-lettering it."""
 
-    def __init__(self, path: Path) -> None:
-        self.db = open_sqlite(path)
-        self.db.executescript(
-            """
-            CREATE TABLE IF NOT EXISTS accounts (
-              account_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, currency TEXT NOT NULL,
-              kind TEXT NOT NULL, credit_limit_minor INTEGER,
-              debits_pending INTEGER NOT NULL DEFAULT 0, credits_pending INTEGER NOT NULL DEFAULT 0,
-              debits_posted INTEGER NOT NULL DEFAULT 0, credits_posted INTEGER NOT NULL DEFAULT 0);
-            CREATE TABLE IF NOT EXISTS transfers (
-              payment_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, currency TEXT NOT NULL,
-              amount_minor INTEGER NOT NULL, debit_account TEXT NOT NULL, credit_account TEXT NOT NULL,
-              state TEXT NOT NULL, reserved_event BLOB, final_event BLOB);
-            CREATE TABLE IF NOT EXISTS entries (
-              entry_id TEXT PRIMARY KEY, payment_id TEXT NOT NULL, account_id TEXT NOT NULL,
-              side TEXT NOT NULL CHECK (side IN ('D','C')), phase TEXT NOT NULL,
-              amount_minor INTEGER NOT NULL, at_s REAL NOT NULL);
-            CREATE INDEX IF NOT EXISTS entries_by_payment ON entries (payment_id);
-            """
-        )
 
-    def ensure_account(self, account_id: str, tenant_id: str, currency: str, kind: str, limit: int | None) -> None:
-        self.db.execute(
-            "INSERT OR IGNORE INTO accounts (account_id, tenant_id, currency, kind, credit_limit_minor)"
-            " VALUES (?,?,?,?,?)", (account_id, tenant_id, currency, kind, limit))
-
-    def account(self, account_id: str):
-        return self.db.execute("SELECT * FROM accounts WHERE account_id=?", (account_id,)).fetchone()
-
-    def transfer(self, payment_id: str):
-        return self.db.execute("SELECT * FROM transfers WHERE payment_id=?", (payment_id,)).fetchone()
-
-    def journal(self, payment_id: str, phase: str, debit: str, credit: str, amount: int, at_s: float) -> None:
-        """Two balanced entries, keyed so a replayed posting cannot write them twice."""
-        for side, account_id in (("D", debit), ("C", credit)):
-            self.db.execute("INSERT INTO entries VALUES (?,?,?,?,?,?,?)",
-                            (f"{payment_id}:{phase}:{side}", payment_id, account_id, side, phase, amount, at_s))
-
-    def move(self, account_id: str, column: str, delta: int) -> None:
-        self.db.execute(f"UPDATE accounts SET {column}={column}+? WHERE account_id=?", (delta, account_id))
+Decision = tuple[list[Event], LedgerChange | None]
 
 
 class LedgerStage(Stage):
@@ -94,20 +85,36 @@ class LedgerStage(Stage):
     input_topics = ("routed", "executed")
     input_event_types = frozenset({"PaymentRouted", "PaymentExecuted", "PaymentFailed"})
 
-    def __init__(self, tenants: dict[str, TenantConfig], region: str, data_dir: Path, codec: EventCodec) -> None:
+    def __init__(self, tenants: dict[str, TenantConfig], region: str, store: LedgerStore, codec: EventCodec) -> None:
         super().__init__(tenants, region)
         self.codec = codec
-        self.store = LedgerStore(data_dir / "ledger.sqlite")
+        self.store = store
 
     def handle_batch(self, events: Sequence[Event], now: datetime) -> list[Event]:
-        with transaction(self.store.db):
+        with self.store.batch():
             return [out for event in events for out in self.handle(event, now)]
 
     def handle(self, event: Event, now: datetime) -> list[Event]:
         tenant = self.tenant(event)
-        transfer = self.store.transfer(event.payment_id)
-        if transfer is not None and transfer["amount_minor"] != event.payment.amount_minor:
-            raise LedgerInvariantError(f"payment {event.payment_id} arrived with another amount than recorded")
+        for _ in range(_MAX_DECISIONS):
+            transfer = self.store.transfer(event.payment_id)
+            if transfer is not None and transfer.amount_minor != event.payment.amount_minor:
+                raise LedgerInvariantError(f"payment {event.payment_id} arrived with another amount than recorded")
+            outputs, change = self._decide(event, tenant, transfer, now)
+            if change is None:
+                return outputs
+            try:
+                self.store.apply(change)
+            except LedgerConflict as conflict:
+                # Another delivery (or another payment of the same debtor) changed what this
+                # decision read; nothing was written, so read again and decide again.
+                log.info("ledger decision for %s lost a race, deciding again: %s", event.event_type, conflict,
+                         extra={**event.log_context(), "stage": self.name})
+                continue
+            return outputs
+        raise LedgerContention(f"payment {event.payment_id}: {_MAX_DECISIONS} decisions in a row lost a race")
+
+    def _decide(self, event: Event, tenant: TenantConfig, transfer: Transfer | None, now: datetime) -> Decision:
         if event.event_type == "PaymentRouted":
             return self._on_routed(event, tenant, transfer, now)
         if event.event_type == "PaymentExecuted":
@@ -119,97 +126,125 @@ class LedgerStage(Stage):
         debit = customer_account_id(payment, "debtor")
         credit = clearing_account_id(tenant.tenant_id, rail, payment.currency)
         limit = tenant.limit_minor(tenant.funding.credit_limit, payment.currency) if tenant.funding.open_on_first_use else 0
-        self.store.ensure_account(debit, tenant.tenant_id, payment.currency, "customer", limit)
-        self.store.ensure_account(credit, tenant.tenant_id, payment.currency, "clearing", None)
+        self.store.open_account(debit, tenant.tenant_id, payment.currency, "customer", limit)
+        self.store.open_account(credit, tenant.tenant_id, payment.currency, "clearing", None)
         return debit, credit
 
-    def _create_transfer(self, event: Event, debit: str, credit: str, state: str) -> None:
-        self.store.db.execute(
-            "INSERT INTO transfers (payment_id, tenant_id, currency, amount_minor, debit_account, credit_account, state)"
-            " VALUES (?,?,?,?,?,?,?)",
-            (event.payment_id, event.tenant_id, event.payment.currency, event.payment.amount_minor, debit, credit, state))
+    @staticmethod
+    def _new_transfer(event: Event, debit: str, credit: str, state: str) -> Transfer:
+        return Transfer(payment_id=event.payment_id, tenant_id=event.tenant_id, currency=event.payment.currency,
+                        amount_minor=event.payment.amount_minor, debit_account=debit, credit_account=credit,
+                        state=state)
 
-    def _store_event(self, payment_id: str, column: str, emitted: Event, state: str) -> Event:
-        self.store.db.execute(f"UPDATE transfers SET {column}=?, state=? WHERE payment_id=?",
-                              (self.codec.encode(emitted), state, payment_id))
-        return emitted
+    def _stored(self, data: bytes | None) -> list[Event]:
+        return [self.codec.decode(data)] if data is not None else []
 
-    def _on_routed(self, event: Event, tenant: TenantConfig, transfer, now: datetime) -> list[Event]:
+    def _on_routed(self, event: Event, tenant: TenantConfig, transfer: Transfer | None, now: datetime) -> Decision:
         if transfer is not None:
-            if transfer["state"] == RESERVED:
-                return [self.codec.decode(transfer["reserved_event"])]
-            if transfer["state"] == REJECTED:
-                return [self.codec.decode(transfer["final_event"])]
-            return []  # the execution result came first and already settled the transfer
+            # A redelivery re-emits what this event caused, even when the result has closed
+            # the transfer since: a crash between committing and publishing must not lose the
+            # reservation's event. Nothing, if the result came first and no reservation was made.
+            return self._stored(_routed_outcome(transfer)), None
         amount = event.payment.amount_minor
         debit, credit = self._accounts(event, tenant, event.payload["rail"])
         account = self.store.account(debit)
-        available = (account["credit_limit_minor"] or 0) + account["credits_posted"] - account["debits_posted"] \
-            - account["debits_pending"]
+        if account is None:
+            raise LedgerInvariantError(f"account of payment {event.payment_id} vanished after it was opened")
+        available = account.available_minor
         if amount > available:
-            self._create_transfer(event, debit, credit, REJECTED)
             code = ReasonCode.insufficient_funds
             rejected = self.emit(event, "PaymentRejected", {
                 "reason_code": code.value, "iso_reason_code": code.iso_code,
                 "reason_detail": "debtor account has insufficient available funds", "field": None}, now)
-            return [self._store_event(event.payment_id, "final_event", rejected, REJECTED)]
-        self._create_transfer(event, debit, credit, RESERVED)
-        self.store.move(debit, "debits_pending", amount)
-        self.store.move(credit, "credits_pending", amount)
-        self.store.journal(event.payment_id, "reserve", debit, credit, amount, now.timestamp())
+            # Kept with the routed event's outcome, so a posting the clearing system forces
+            # later (final_event) cannot overwrite it.
+            return [rejected], LedgerChange(
+                payment_id=event.payment_id, expected_state=None, new_state=REJECTED,
+                create=self._new_transfer(event, debit, credit, REJECTED), reserved_event=self.codec.encode(rejected))
         reserved = self.emit(event, "FundsReserved", {
             "account_id": debit, "amount_minor": amount, "available_after_minor": available - amount}, now)
-        return [self._store_event(event.payment_id, "reserved_event", reserved, RESERVED)]
+        return [reserved], LedgerChange(
+            payment_id=event.payment_id, expected_state=None, new_state=RESERVED,
+            create=self._new_transfer(event, debit, credit, RESERVED), reserved_event=self.codec.encode(reserved),
+            moves=(BalanceMove(debit, "debits_pending", amount), BalanceMove(credit, "credits_pending", amount)),
+            entries=_leg(event.payment_id, "reserve", debit, credit, amount, now),
+            # The decision saw enough; the store re-checks it as it writes, because another
+            # payment of the same debtor may reserve in between (DynamoDB has no write lock).
+            funds_check=FundsCheck(debit, amount))
 
-    def _on_executed(self, event: Event, tenant: TenantConfig, transfer, now: datetime) -> list[Event]:
+    def _on_executed(self, event: Event, tenant: TenantConfig, transfer: Transfer | None, now: datetime) -> Decision:
         amount = event.payment.amount_minor
+        moves: list[BalanceMove] = []
+        entries: list[Entry] = []
         if transfer is None:
             debit, credit = self._accounts(event, tenant, event.payload["rail"])
-            self._create_transfer(event, debit, credit, POSTED)
+            expected, create = None, self._new_transfer(event, debit, credit, POSTED)
         else:
-            state = transfer["state"]
+            state = transfer.state
             if state == POSTED:
-                return [self.codec.decode(transfer["final_event"])]
+                return self._stored(transfer.final_event), None
             if state == RELEASED:
                 raise LedgerInvariantError(f"payment {event.payment_id} executed after its funds were released")
-            debit, credit = transfer["debit_account"], transfer["credit_account"]
+            debit, credit = transfer.debit_account, transfer.credit_account
+            expected, create = state, None
             if state == RESERVED:
-                self._void_reservation(event.payment_id, debit, credit, amount, now)
+                moves += _void_moves(debit, credit, amount)
+                entries += _leg(event.payment_id, "reserve_void", credit, debit, amount, now)
             # state REJECTED: the clearing system moved the money although funds were
             # short; the ledger must record what happened, and the account goes past its line.
-        self.store.move(debit, "debits_posted", amount)
-        self.store.move(credit, "credits_posted", amount)
-        self.store.journal(event.payment_id, "post", debit, credit, amount, now.timestamp())
+        moves += [BalanceMove(debit, "debits_posted", amount), BalanceMove(credit, "credits_posted", amount)]
+        entries += _leg(event.payment_id, "post", debit, credit, amount, now)
         posted = self.emit(event, "FundsPosted", {"debit_account_id": debit, "credit_account_id": credit,
                                                   "amount_minor": amount}, now)
-        return [self._store_event(event.payment_id, "final_event", posted, POSTED)]
+        return [posted], LedgerChange(payment_id=event.payment_id, expected_state=expected, new_state=POSTED,
+                                      create=create, final_event=self.codec.encode(posted), moves=tuple(moves),
+                                      entries=tuple(entries))
 
-    def _on_failed(self, event: Event, tenant: TenantConfig, transfer, now: datetime) -> list[Event]:
+    def _on_failed(self, event: Event, tenant: TenantConfig, transfer: Transfer | None, now: datetime) -> Decision:
         amount = event.payment.amount_minor
         released_amount = 0
+        moves: tuple[BalanceMove, ...] = ()
+        entries: tuple[Entry, ...] = ()
         if transfer is None:
             debit, credit = self._accounts(event, tenant, event.payload["rail"])
-            self._create_transfer(event, debit, credit, RELEASED)
+            expected, create = None, self._new_transfer(event, debit, credit, RELEASED)
         else:
-            state = transfer["state"]
+            state = transfer.state
             if state == RELEASED:
-                return [self.codec.decode(transfer["final_event"])]
+                return self._stored(transfer.final_event), None
             if state == POSTED:
                 raise LedgerInvariantError(f"payment {event.payment_id} failed after its funds were posted")
             if state == REJECTED:
-                return [self.codec.decode(transfer["final_event"])]
-            debit, credit = transfer["debit_account"], transfer["credit_account"]
-            self._void_reservation(event.payment_id, debit, credit, amount, now)
+                return self._stored(_routed_outcome(transfer)), None  # the rejection stands
+            debit, credit = transfer.debit_account, transfer.credit_account
+            expected, create = state, None
+            moves = _void_moves(debit, credit, amount)
+            entries = _leg(event.payment_id, "reserve_void", credit, debit, amount, now)
             released_amount = amount
         released = self.emit(event, "FundsReleased", {"account_id": debit, "amount_minor": released_amount,
                                                       "reason_code": event.payload["reason_code"]}, now)
-        return [self._store_event(event.payment_id, "final_event", released, RELEASED)]
-
-    def _void_reservation(self, payment_id: str, debit: str, credit: str, amount: int, now: datetime) -> None:
-        """Undo the pending amounts with balanced entries (the reverse of the reservation)."""
-        self.store.move(debit, "debits_pending", -amount)
-        self.store.move(credit, "credits_pending", -amount)
-        self.store.journal(payment_id, "reserve_void", credit, debit, amount, now.timestamp())
+        return [released], LedgerChange(payment_id=event.payment_id, expected_state=expected, new_state=RELEASED,
+                                        create=create, final_event=self.codec.encode(released), moves=moves,
+                                        entries=entries)
 
     def close(self) -> None:
-        self.store.db.close()
+        self.store.close()
+
+
+def _routed_outcome(transfer: Transfer) -> bytes | None:
+    """The event the routed event caused: FundsReserved, or the insufficient-funds rejection.
+    Ledgers written before the rejection moved to `reserved_event` kept it in `final_event`."""
+    if transfer.reserved_event is not None:
+        return transfer.reserved_event
+    return transfer.final_event if transfer.state == REJECTED else None
+
+
+def _leg(payment_id: str, phase: str, debit: str, credit: str, amount: int, now: datetime) -> tuple[Entry, Entry]:
+    """Two balanced entries, keyed (payment, leg, side) so a replayed leg cannot write them twice."""
+    at_s = now.timestamp()
+    return (Entry(payment_id, phase, "D", debit, amount, at_s), Entry(payment_id, phase, "C", credit, amount, at_s))
+
+
+def _void_moves(debit: str, credit: str, amount: int) -> tuple[BalanceMove, BalanceMove]:
+    """Undo the pending amounts (the reverse of the reservation; its entries go credit to debit)."""
+    return BalanceMove(debit, "debits_pending", -amount), BalanceMove(credit, "credits_pending", -amount)
