@@ -145,11 +145,31 @@ class FraudConfig(_Strict):
     review_score: int = Field(default=50, ge=0, le=100)
 
 
+class AccountFunding(_Strict):
+    """One customer account's own line: an IBAN, or "<bank code>/<account number>"."""
+
+    account: str = Field(min_length=3, max_length=70)
+    credit_limit: Decimal = Field(ge=0)
+
+
 class FundingConfig(_Strict):
-    """Customer accounts open on first use with this credit line (local default set-up)."""
+    """Customer accounts open on first use with `credit_limit` (the local default set-up),
+    or with their own line from `accounts`. A line is set when the ledger opens the account."""
 
     open_on_first_use: bool = True
     credit_limit: Decimal
+    accounts: tuple[AccountFunding, ...] = ()
+
+    @cached_property
+    def line_of_account(self) -> dict[str, Decimal]:
+        return {entry.account.replace(" ", "").upper(): entry.credit_limit for entry in self.accounts}
+
+    def credit_limit_for(self, account_identifier: str) -> Decimal | None:
+        """The account's line; None when it may not open on first use and has none."""
+        own = self.line_of_account.get(account_identifier.replace(" ", "").upper())
+        if own is not None:
+            return own
+        return self.credit_limit if self.open_on_first_use else None
 
 
 class RoutingConfig(_Strict):

@@ -60,9 +60,13 @@ class LedgerInvariantError(RuntimeError):
     """An event that contradicts what the ledger already recorded for the payment."""
 
 
+def account_identifier(account) -> str:
+    """An IBAN, or "<bank code>/<number>": how tenant files name a customer account."""
+    return account.iban or f"{account.bank_code}/{account.number}"
+
+
 def customer_account_id(payment: Payment, party: str) -> str:
-    account = getattr(payment, party).account
-    ident = account.iban or f"{account.bank_code}/{account.number}"
+    ident = account_identifier(getattr(payment, party).account)
     # Account ids appear in events and logs; a digest keeps account numbers out of both.
     digest = hashlib.sha256(f"{payment.tenant_id}|{ident}".encode()).hexdigest()[:20]
     return f"cust:{payment.tenant_id}:{payment.currency}:{digest}"
@@ -125,7 +129,8 @@ class LedgerStage(Stage):
         payment = event.payment
         debit = customer_account_id(payment, "debtor")
         credit = clearing_account_id(tenant.tenant_id, rail, payment.currency)
-        limit = tenant.limit_minor(tenant.funding.credit_limit, payment.currency) if tenant.funding.open_on_first_use else 0
+        line = tenant.funding.credit_limit_for(account_identifier(payment.debtor.account))
+        limit = tenant.limit_minor(line, payment.currency) if line is not None else 0
         self.store.open_account(debit, tenant.tenant_id, payment.currency, "customer", limit)
         self.store.open_account(credit, tenant.tenant_id, payment.currency, "clearing", None)
         return debit, credit

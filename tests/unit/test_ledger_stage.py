@@ -37,6 +37,7 @@ from orchestrator.samples import sample_body
 from orchestrator.settings import REPO_ROOT
 from orchestrator.stages.ledger import LedgerInvariantError, LedgerStage, customer_account_id
 from orchestrator.validation import normalise_payment
+from orchestrator.tenants import AccountFunding
 from tests.unit.stage_fixtures import T0, TENANTS, at, follow, received
 
 CODEC = EventCodec(REPO_ROOT / "schemas")
@@ -171,6 +172,23 @@ def test_failure_before_reservation_releases_nothing(backend):
     assert ledger.handle_batch([routed, failed], at(2)) == [released]
     books = check_invariants(ledger.store, {routed.payment_id: False})
     assert routed.payment_id not in books.legs
+
+
+def test_an_account_with_its_own_line_in_the_tenant_file_is_held_to_it(backend):
+    rng = random.Random(7)
+    routed, other = (_follow(seeded_received(rng, "emea", 0, "150.00", variant), "PaymentRouted", "routing",
+                             {"rail": "sepa_inst", "clearing_system_code": "X", "settlement_mode": "rtgs"})
+                     for variant in (1, 50))
+    debtor = routed.payment.debtor.account.iban
+    assert debtor != other.payment.debtor.account.iban
+    funding = TENANTS["emea"].funding.model_copy(update={"accounts": (
+        AccountFunding(account=" ".join([debtor[:4], debtor[4:]]).lower(), credit_limit=Decimal("100.00")),)})
+    tenants = {**TENANTS, "emea": TENANTS["emea"].model_copy(update={"funding": funding})}
+    ledger = new_ledger(backend, tenants)
+    [refused] = ledger.handle_batch([routed], at(1))
+    assert (refused.event_type, refused.payload["iso_reason_code"]) == ("PaymentRejected", "AM04")
+    [reserved] = ledger.handle_batch([other], at(2))
+    assert reserved.event_type == "FundsReserved", "other accounts keep the tenant's default line"
 
 
 def test_insufficient_funds_is_a_rejection_event(backend):
