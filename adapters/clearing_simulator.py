@@ -26,7 +26,7 @@ POST /rails/{rail}/pacs008          body application/xml, one pacs.008.001.08
     addressed to another clearing system) when its MsgId can be read, else 400
     application/problem+json. During an outage: 503 with Retry-After.
 POST /admin/rails/{rail}/outage     {"seconds": N}: answer 503 for N seconds (0 ends it)
-POST /admin/rails/{rail}/behaviour  {"latency_ms_p50", "latency_ms_max", "reject_rate",
+POST /admin/rails/{rail}/behaviour  {"latency_ms_min", "latency_ms_p50", "latency_ms_max", "reject_rate",
                                      "unknown_creditor_accounts"}: override at runtime
 GET  /rails/{rail}/report?since=ISO-8601&until=ISO-8601
                                     settled transactions with settled_at in [since, until),
@@ -101,6 +101,7 @@ class RailBehaviour:
     latency_ms_max: int
     reject_rate: float
     unknown_creditor_accounts: frozenset[str]
+    latency_ms_min: int = 0
 
 
 @dataclass(slots=True)
@@ -138,6 +139,7 @@ class _RailState:
 class BehaviourOverride(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    latency_ms_min: int | None = Field(default=None, ge=0, le=60_000)
     latency_ms_p50: int | None = Field(default=None, ge=0, le=60_000)
     latency_ms_max: int | None = Field(default=None, ge=0, le=120_000)
     reject_rate: float | None = Field(default=None, ge=0.0, le=1.0)
@@ -208,6 +210,7 @@ class ClearingSimulator:
                         latency_ms_max=sim.latency_ms_max,
                         reject_rate=sim.reject_rate,
                         unknown_creditor_accounts=frozenset(sim.unknown_creditor_accounts),
+                        latency_ms_min=sim.latency_ms_min,
                     ),
                 )
                 for currency in rail.currencies:
@@ -224,13 +227,15 @@ class ClearingSimulator:
     # -- behaviour ----------------------------------------------------------------
 
     def latency_s(self, behaviour: RailBehaviour) -> float:
-        """A latency in [0, max] whose median is p50: uniform below the median, and a
-        long tail (cubic) above it, like a real rail's mostly-fast, sometimes-slow answers."""
+        """A latency in [min, max] whose median is p50: uniform below the median, and a
+        long tail (cubic) above it, like a real rail's mostly-fast, sometimes-slow answers.
+        A minimum makes a rail that is always slow (slower than its time limit, say)."""
         high_ms = max(behaviour.latency_ms_max, 0)
         median_ms = min(behaviour.latency_ms_p50, high_ms)
+        low_ms = min(behaviour.latency_ms_min, median_ms)
         draw = self._rng.random()
         if draw < 0.5:
-            latency_ms = median_ms * (draw / 0.5)
+            latency_ms = low_ms + (median_ms - low_ms) * (draw / 0.5)
         else:
             latency_ms = median_ms + (high_ms - median_ms) * ((draw - 0.5) / 0.5) ** 3
         return latency_ms / 1000.0
@@ -250,8 +255,8 @@ class ClearingSimulator:
                 for name, value in change.model_dump(exclude_none=True).items()
             },
         )
-        if updated.latency_ms_p50 > updated.latency_ms_max:
-            raise ValueError("latency_ms_p50 must not exceed latency_ms_max")
+        if not updated.latency_ms_min <= updated.latency_ms_p50 <= updated.latency_ms_max:
+            raise ValueError("latencies must satisfy latency_ms_min <= latency_ms_p50 <= latency_ms_max")
         state.behaviour = updated
         return updated
 
@@ -663,6 +668,7 @@ def create_simulator_app(
         return JSONResponse(
             {
                 "rail": rail,
+                "latency_ms_min": updated.latency_ms_min,
                 "latency_ms_p50": updated.latency_ms_p50,
                 "latency_ms_max": updated.latency_ms_max,
                 "reject_rate": updated.reject_rate,

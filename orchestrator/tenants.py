@@ -45,6 +45,7 @@ class ClearingConfig(_Strict):
 class SimulatorConfig(_Strict):
     """Behaviour of the clearing simulator that stands in for the rail locally."""
 
+    latency_ms_min: int = Field(default=0, ge=0, le=60_000)
     latency_ms_p50: int = Field(default=5, ge=0, le=60_000)
     latency_ms_max: int = Field(default=30, ge=0, le=120_000)
     reject_rate: float = Field(default=0.0, ge=0.0, le=1.0)

@@ -169,7 +169,8 @@ def test_clearing_simulator_down_then_back(kafka_bootstrap, tmp_path):
 
 
 def test_rail_slower_than_its_time_limit(kafka_bootstrap, tmp_path):
-    slow = {"emea.sepa_inst": {"time_limit_s": 2, "simulator": {"latency_ms_p50": 3000, "latency_ms_max": 3500}}}
+    slow = {"emea.sepa_inst": {"time_limit_s": 2, "simulator": {"latency_ms_min": 3000, "latency_ms_p50": 3200,
+                                                                           "latency_ms_max": 3500}}}
     system = make_system(kafka_bootstrap, tmp_path, rail_overrides=slow, all_rails=FAST_BREAKERS)
     try:
         duration_s = 6

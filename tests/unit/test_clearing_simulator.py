@@ -297,6 +297,17 @@ def test_latency_distribution_has_the_configured_median_and_bound() -> None:
     assert statistics.median(samples) == pytest.approx(0.004, abs=0.0005)
 
 
+def test_a_latency_floor_makes_every_answer_slow() -> None:
+    from dataclasses import replace
+
+    simulator = ClearingSimulator(TENANTS, seed=7)
+    slow = replace(simulator.rails["fednow"].behaviour, latency_ms_min=3_000, latency_ms_p50=3_200,
+                   latency_ms_max=3_500)
+    samples = [simulator.latency_s(slow) for _ in range(2001)]
+    assert all(3.0 <= s <= 3.5 for s in samples)
+    assert statistics.median(samples) == pytest.approx(3.2, abs=0.02)
+
+
 def test_rail_names_must_be_unique_across_tenants() -> None:
     na = TENANTS["na"]
     clash = TenantConfig.model_validate(
