@@ -87,8 +87,9 @@ def make_producer(settings: Settings, client_id: str, *, transactional_id: str |
 
 
 def make_consumer(settings: Settings, group_id: str, client_id: str, *, instance_id: str | None = None,
-                  transactional: bool = False) -> Consumer:
+                  transactional: bool = False, overrides: dict | None = None) -> Consumer:
     config = consumer_config(settings, group_id, client_id)
+    config.update(overrides or {})
     if transactional:
         # Offsets are committed inside each output transaction, never on their own.
         config["enable.auto.commit"] = False

@@ -22,11 +22,13 @@ Failures take one of four paths:
 from __future__ import annotations
 
 import logging
+import os
 import random
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -89,6 +91,58 @@ class RuntimeStats:
     reported_batches: int = 0
     reported_handled: int = 0
     started_at: float = field(default_factory=time.monotonic)
+
+
+# A transactional call still blocked this long after its own timeout is hung, not slow.
+TXN_CALL_HANG_GRACE_S = 10.0
+# Exit status of a process the hang watchdog ended (EX_SOFTWARE): the supervisor restarts it.
+HUNG_CLIENT_EXIT_STATUS = 70
+
+
+class HangWatchdog:
+    """Ends the process when a blocking Kafka call outlives its deadline.
+
+    librdkafka's `send_offsets_to_transaction` can block forever, past its timeout, when
+    the group coordinator's broker went away and came back (librdkafka issues #5456 and
+    #5511, seen here when the broker restarts). Nothing in-process can unblock it; a new
+    process with new clients recovers, and transactions make the exit safe: the open
+    transaction is aborted when the restarted instance fences it, and the batch is read
+    again.
+    """
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        self._lock = threading.Lock()
+        self._deadline: float | None = None
+        self._call = ""
+        threading.Thread(target=self._watch, name="kafka-hang-watchdog", daemon=True).start()
+
+    @contextmanager
+    def guard(self, call: str, timeout_s: float) -> Iterator[None]:
+        with self._lock:
+            self._deadline = time.monotonic() + timeout_s + TXN_CALL_HANG_GRACE_S
+            self._call = call
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._deadline = None
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(1.0)
+            with self._lock:
+                hung = self._deadline is not None and time.monotonic() > self._deadline
+                call = self._call
+            if hung:
+                log.critical("Kafka call %s is hung past its timeout; exiting so a new process recovers", call,
+                             extra={"stage": self.stage})
+                logging.shutdown()
+                os._exit(HUNG_CLIENT_EXIT_STATUS)
+
+
+class FatalClientError(RuntimeError):
+    """A Kafka client reported a fatal error: only a new process (new clients) recovers."""
 
 
 class RetriesExhausted(RuntimeError):
@@ -178,14 +232,23 @@ class StageRunner:
         client_id = f"payorch-{handler.name}-{instance_id}"
         group_id = f"{settings.consumer_group_prefix}.{handler.name}"
         self.transactional = settings.runtime.exactly_once
+        # A fatal client error (a static member fenced after the broker came back, a
+        # fenced transactional producer) is reported only through this callback; a client
+        # in that state never recovers, so the loop ends the process and its supervisor
+        # restarts it with fresh clients.
+        self._fatal_error: str | None = None
         self.consumer: Consumer = make_consumer(settings, group_id, client_id, instance_id=instance_id,
-                                                transactional=self.transactional)
+                                                transactional=self.transactional,
+                                                overrides={"error_cb": self._on_client_error})
         # One transactional id per stage instance: a restarted instance fences its own
         # zombie, and consumer-group metadata fences one that lost its partitions.
         self.producer: Producer = make_producer(
-            settings, client_id, transactional_id=f"{group_id}.{instance_id}" if self.transactional else None)
+            settings, client_id, transactional_id=f"{group_id}.{instance_id}" if self.transactional else None,
+            overrides={"error_cb": self._on_client_error})
+        self.watchdog = HangWatchdog(handler.name)
         if self.transactional:
-            self.producer.init_transactions(settings.runtime.produce_ack_timeout_s)
+            with self.watchdog.guard("init_transactions", settings.runtime.produce_ack_timeout_s):
+                self.producer.init_transactions(settings.runtime.produce_ack_timeout_s)
         retry_levels = settings.runtime.retry.levels
         self.input_topics = [self.namer.topic(t, s) for t in self.tenants for s in handler.input_topics]
         self.input_topics += [self.namer.retry(t, s, level) for t in self.tenants for s in handler.input_topics
@@ -193,6 +256,12 @@ class StageRunner:
         # Retry partitions paused until their head event is due: (topic, partition) -> monotonic time.
         self._paused: dict[tuple[str, int], float] = {}
         self._rng = random.Random()
+
+    def _on_client_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            self._fatal_error = str(error)
+        elif error.code() not in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN):
+            log.warning("Kafka client error: %s", error, extra={"stage": self.handler.name})
 
     def request_stop(self, *_args: object) -> None:
         self._stop.set()
@@ -250,6 +319,8 @@ class StageRunner:
         next_report = time.monotonic() + STATS_REPORT_INTERVAL_S
         try:
             while not self._stop.is_set():
+                if self._fatal_error is not None:
+                    raise FatalClientError(f"fatal Kafka client error, restarting the process: {self._fatal_error}")
                 messages = self.consumer.consume(
                     num_messages=self.settings.runtime.batch_max_messages,
                     timeout=self.settings.runtime.poll_timeout_ms / 1000,
@@ -509,7 +580,9 @@ class StageRunner:
             for topic, key, value, headers in records:
                 produce_record(self.producer, topic, key, value, headers, tracker)
             if offsets:
-                self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), timeout_s)
+                with self.watchdog.guard("send_offsets_to_transaction", timeout_s):
+                    self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(),
+                                                              timeout_s)
             hold_s = self.settings.runtime.drill_hold_transaction_s
             if hold_s and records:
                 log.warning("drill: holding a transaction of %d records open for %.1f s", len(records), hold_s,
@@ -517,7 +590,8 @@ class StageRunner:
                 time.sleep(hold_s)
             for attempt in range(1, TXN_COMMIT_ATTEMPTS_MAX + 1):
                 try:
-                    self.producer.commit_transaction(timeout_s)
+                    with self.watchdog.guard("commit_transaction", timeout_s):
+                        self.producer.commit_transaction(timeout_s)
                     break
                 except KafkaException as exc:
                     if not exc.args[0].retriable() or attempt == TXN_COMMIT_ATTEMPTS_MAX:
@@ -529,7 +603,8 @@ class StageRunner:
             if not error.txn_requires_abort():
                 raise
             log.warning("aborting transaction and re-reading the batch: %s", error, extra={"stage": self.handler.name})
-            self.producer.abort_transaction(timeout_s)
+            with self.watchdog.guard("abort_transaction", timeout_s):
+                self.producer.abort_transaction(timeout_s)
             self._rewind()
             self.stats.aborted_transactions += 1
             return False

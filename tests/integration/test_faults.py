@@ -111,10 +111,10 @@ def test_broker_stopped_and_restarted_during_load(tmp_path):
         thread, box = start_load(system, duration_s=duration_s, retry_unavailable_s=120)
         time.sleep(3)
         broker.restart(downtime_s=6)  # a clean stop, six seconds without a broker, then back
-        # Stages that gave up while it was away exit non-zero; restart them as `payorch up` would.
-        watch_until = time.monotonic() + 60
+        # Stages that gave up while it was away exit non-zero (a fatal client error, or the
+        # hang watchdog); restart them as `payorch up` would, until the load has drained.
         restarted: list[str] = []
-        while thread.is_alive() and time.monotonic() < watch_until:
+        while thread.is_alive():
             restarted += system.restart_exited()
             time.sleep(1)
         result = finish_load(thread, box)
@@ -123,7 +123,15 @@ def test_broker_stopped_and_restarted_during_load(tmp_path):
               f"requests sent again after 503: {result.retried_requests}")
         offered = int(RATE_PER_S * duration_s)
         counts = check_after_fault(system, "broker-stop-restart", result, offered=offered)
-        assert counts["settled"] == offered
+        # Stages stalled by the outage (and a hung client, until the watchdog restarts it)
+        # can outlast the screening verdict timeout and the rails' time limit: such
+        # payments must end with exactly those reasons, never silently.
+        with httpx.Client() as client:
+            records = [system.get(t, p, client).json() for p, t in result.payments.items()]
+        reasons = {r["reason"]["code"] for r in records if r["status"] != "SETTLED"}
+        print(f"reasons of the payments that did not settle: {sorted(reasons) or 'none'}")
+        assert reasons <= {"screening_verdict_timeout", "rail_time_limit_exceeded"}, reasons
+        assert counts["settled"] + counts["rejected"] + counts["failed"] == offered
     finally:
         system.stop()
         broker.stop()

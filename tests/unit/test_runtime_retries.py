@@ -7,6 +7,7 @@ driven with stand-in messages that carry exactly what a consumed message carries
 from __future__ import annotations
 
 import sqlite3
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -171,3 +172,37 @@ def test_backoff_grows_per_level_with_bounded_jitter():
         delays = [backoff_s(attempt, settings) for _ in range(200)]
         assert all(base * 0.75 <= d <= base * 1.25 for d in delays)
         assert len({round(d, 6) for d in delays}) > 1, "jitter spreads retries out"
+
+
+def test_a_fatal_client_error_ends_the_loop_so_the_process_restarts():
+    from confluent_kafka import KafkaError
+
+    from orchestrator.runtime import FatalClientError
+
+    run = runner(ScriptedStage(lambda events: []))
+    run._on_client_error(KafkaError(KafkaError._TRANSPORT, "broker down"))  # transient: keeps going
+    assert run._fatal_error is None
+    run._on_client_error(KafkaError(KafkaError._FENCED, "static member fenced", fatal=True))
+    with pytest.raises(FatalClientError, match="fenced"):
+        run.run()
+
+
+def test_a_kafka_call_hung_past_its_timeout_ends_the_process():
+    """librdkafka can block in send_offsets_to_transaction forever; the watchdog exits."""
+    import subprocess
+    import sys
+
+    code = (
+        "import time, orchestrator.runtime as r\n"
+        "r.TXN_CALL_HANG_GRACE_S = 0.5\n"
+        "dog = r.HangWatchdog('test')\n"
+        "with dog.guard('fine', 0.1):\n"
+        "    pass\n"
+        "time.sleep(2)\n"  # a finished call never trips it
+        "with dog.guard('send_offsets_to_transaction', 0.5):\n"
+        "    time.sleep(30)\n"
+    )
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 70, done.stderr
+    assert 2.5 < time.monotonic() - started < 10
