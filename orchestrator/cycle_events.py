@@ -14,32 +14,17 @@ produces a cycle event through `kafka_record`, which needs no codec.
 
 from __future__ import annotations
 
-import io
-import json
-import re
-import struct
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import fastavro
-from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
-
-from orchestrator.events import (
-    EVENT_ID_NAMESPACE,
-    FINGERPRINT_BYTES,
-    SINGLE_OBJECT_MAGIC,
-    UndecodableEvent,
-    new_traceparent,
-)
+from orchestrator.events import EVENT_ID_NAMESPACE, SchemaFamily, new_traceparent, split_union
 
 CYCLES_TOPIC = "cycles"
 CYCLE_EVENT_TYPES = frozenset({"CycleClosed", "ReconciliationException"})
 _RECORD_NAMESPACE = "payorch.cycles"
-_SCHEMA_FILE = re.compile(r"^settlement_cycle_event\.v(\d+)\.avsc$")
-_HEADER_BYTES = len(SINGLE_OBJECT_MAGIC) + FINGERPRINT_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,44 +106,12 @@ def cycle_event(
     )
 
 
-@dataclass(frozen=True)
-class _SchemaVersion:
-    version: int
-    parsed: dict
-    fingerprint: bytes
-
-
-class CycleEventCodec:
+class CycleEventCodec(SchemaFamily):
     """Encodes with the newest `settlement_cycle_event.vN.avsc`, decodes every version."""
 
     def __init__(self, schemas_dir: Path, *, writer_version: int | None = None, reader_version: int | None = None):
-        self._versions: dict[int, _SchemaVersion] = {}
-        for path in sorted(schemas_dir.glob("settlement_cycle_event.v*.avsc")):
-            match = _SCHEMA_FILE.match(path.name)
-            if not match:
-                continue
-            parsed = parse_schema(json.loads(path.read_text(encoding="utf-8")), _force=True)
-            raw_fp = fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO")
-            # Little-endian, as the single-object encoding spec (and EventCodec) store it.
-            version = int(match.group(1))
-            self._versions[version] = _SchemaVersion(version, parsed, struct.pack("<Q", int(raw_fp, 16)))
-        if not self._versions:
-            raise FileNotFoundError(f"no settlement_cycle_event.v*.avsc schemas in {schemas_dir}")
-        latest = max(self._versions)
-        self.writer = self._versions[writer_version or latest]
-        self.reader = self._versions[reader_version or latest]
-        self._by_fingerprint = {v.fingerprint: v for v in self._versions.values()}
-
-    @property
-    def versions(self) -> tuple[int, ...]:
-        return tuple(sorted(self._versions))
-
-    def schema(self, version: int) -> dict:
-        return self._versions[version].parsed
-
-    def knows(self, data: bytes) -> bool:
-        """Whether `data` was written by a schema of this family (by its fingerprint)."""
-        return data[:2] == SINGLE_OBJECT_MAGIC and data[2:_HEADER_BYTES] in self._by_fingerprint
+        super().__init__(schemas_dir, "settlement_cycle_event", writer_version=writer_version,
+                         reader_version=reader_version)
 
     def encode(self, event: CycleEvent) -> CycleEvent:
         """The event with its bytes (and the writer version) filled in."""
@@ -176,31 +129,11 @@ class CycleEventCodec:
             # The union branch is named, never guessed from the payload's shape.
             "payload": (f"{_RECORD_NAMESPACE}.{event.event_type}", event.payload),
         }
-        buffer = io.BytesIO()
-        buffer.write(SINGLE_OBJECT_MAGIC)
-        buffer.write(self.writer.fingerprint)
-        fastavro.schemaless_writer(buffer, self.writer.parsed, record)
-        return replace(event, schema_version=self.writer.version, encoded=buffer.getvalue())
+        return replace(event, schema_version=self.writer.version, encoded=self.write(record))
 
     def decode(self, data: bytes) -> CycleEvent:
-        if len(data) < _HEADER_BYTES or data[:2] != SINGLE_OBJECT_MAGIC:
-            raise UndecodableEvent("not Avro single-object encoded (missing C3 01 marker)")
-        writer = self._by_fingerprint.get(data[2:_HEADER_BYTES])
-        if writer is None:
-            raise UndecodableEvent(f"unknown cycle event schema fingerprint {data[2:_HEADER_BYTES].hex()}")
-        try:
-            record = fastavro.schemaless_reader(
-                io.BytesIO(data[_HEADER_BYTES:]), writer.parsed, self.reader.parsed,
-                return_record_name=True, return_record_name_override=True,
-            )
-        except Exception as exc:  # fastavro raises several types for corrupt bodies
-            raise UndecodableEvent(f"corrupt Avro body for cycle event schema v{writer.version}: {exc!r}") from exc
-        payload = record["payload"]
-        if not isinstance(payload, tuple):
-            raise UndecodableEvent("payload union without a record name")
-        payload_name, body = payload[0].rsplit(".", 1)[-1], payload[1]
-        if payload_name != record["event_type"]:
-            raise UndecodableEvent(f"payload {payload_name} does not match event_type {record['event_type']}")
+        version, record = self.read(data)
+        _, body = split_union(record["payload"])
         return CycleEvent(
             event_id=str(record["event_id"]),
             event_type=record["event_type"],
@@ -212,7 +145,7 @@ class CycleEventCodec:
             traceparent=record["traceparent"],
             stage=record["stage"],
             payload={k: (_aware(v) if isinstance(v, datetime) else v) for k, v in body.items()},
-            schema_version=writer.version,
+            schema_version=version,
             encoded=data,
         )
 

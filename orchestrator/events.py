@@ -33,7 +33,6 @@ from orchestrator.domain import Payment, payment_from_record, payment_to_record
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 FINGERPRINT_BYTES = 8
 _HEADER_BYTES = len(SINGLE_OBJECT_MAGIC) + FINGERPRINT_BYTES
-_SCHEMA_FILE = re.compile(r"^payment_event\.v(\d+)\.avsc$")
 
 # Namespace for deterministic event ids; changing it would break deduplication of
 # events re-emitted after a restart, so it is fixed forever.
@@ -169,26 +168,27 @@ class SchemaVersion:
     fingerprint: bytes
 
 
-class EventCodec:
-    """Encodes with one writer version and decodes every version found in `schemas/`.
+class SchemaFamily:
+    """Every version of one Avro schema family in `schemas/` (`<family>.v<N>.avsc`), and
+    its single-object encoding: 0xC3 0x01, the writer's CRC-64-AVRO fingerprint
+    (little-endian, as the spec stores it), then the body. Payment events and settlement
+    cycle events are two families; their fingerprints tell them apart in the bytes."""
 
-    Schemas are parsed once at construction; encoding and decoding reuse them.
-    """
-
-    def __init__(self, schemas_dir: Path, *, writer_version: int | None = None, reader_version: int | None = None):
+    def __init__(self, schemas_dir: Path, family: str, *, writer_version: int | None = None,
+                 reader_version: int | None = None) -> None:
+        self.family = family
+        pattern = re.compile(rf"^{re.escape(family)}\.v(\d+)\.avsc$")
         self._versions: dict[int, SchemaVersion] = {}
-        for path in sorted(schemas_dir.glob("payment_event.v*.avsc")):
-            match = _SCHEMA_FILE.match(path.name)
+        for path in sorted(schemas_dir.glob(f"{family}.v*.avsc")):
+            match = pattern.match(path.name)
             if not match:
                 continue
             version = int(match.group(1))
             parsed = parse_schema(json.loads(path.read_text(encoding="utf-8")), _force=True)
             raw_fp = fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO")
-            # The single-object spec stores the fingerprint little-endian.
-            fp = struct.pack("<Q", int(raw_fp, 16))
-            self._versions[version] = SchemaVersion(version, parsed, fp)
+            self._versions[version] = SchemaVersion(version, parsed, struct.pack("<Q", int(raw_fp, 16)))
         if not self._versions:
-            raise FileNotFoundError(f"no payment_event.v*.avsc schemas in {schemas_dir}")
+            raise FileNotFoundError(f"no {family}.v*.avsc schemas in {schemas_dir}")
         latest = max(self._versions)
         self.writer = self._versions[writer_version or latest]
         self.reader = self._versions[reader_version or latest]
@@ -197,6 +197,50 @@ class EventCodec:
     @cached_property
     def versions(self) -> tuple[int, ...]:
         return tuple(sorted(self._versions))
+
+    def schema(self, version: int) -> dict:
+        return self._versions[version].parsed
+
+    def knows(self, data: bytes) -> bool:
+        """Whether `data` was written by a schema of this family (by its fingerprint)."""
+        return data[:2] == SINGLE_OBJECT_MAGIC and data[2:_HEADER_BYTES] in self._by_fingerprint
+
+    def writer_version_of(self, data: bytes) -> int:
+        if len(data) < _HEADER_BYTES or data[:2] != SINGLE_OBJECT_MAGIC:
+            raise UndecodableEvent("not Avro single-object encoded (missing C3 01 marker)")
+        writer = self._by_fingerprint.get(data[2:_HEADER_BYTES])
+        if writer is None:
+            raise UndecodableEvent(f"unknown {self.family} writer schema fingerprint {data[2:_HEADER_BYTES].hex()}")
+        return writer.version
+
+    def write(self, record: dict) -> bytes:
+        buffer = io.BytesIO()
+        buffer.write(SINGLE_OBJECT_MAGIC)
+        buffer.write(self.writer.fingerprint)
+        fastavro.schemaless_writer(buffer, self.writer.parsed, record)
+        return buffer.getvalue()
+
+    def read(self, data: bytes) -> tuple[int, dict]:
+        """(writer version, record resolved into the reader version); UndecodableEvent if not."""
+        writer = self._versions[self.writer_version_of(data)]
+        try:
+            record = fastavro.schemaless_reader(
+                io.BytesIO(data[_HEADER_BYTES:]), writer.parsed, self.reader.parsed,
+                return_record_name=True, return_record_name_override=True)
+        except Exception as exc:  # fastavro raises several types for corrupt bodies
+            raise UndecodableEvent(f"corrupt Avro body for {self.family} schema v{writer.version}: {exc!r}") from exc
+        payload_name, _ = split_union(record["payload"])
+        if payload_name != record["event_type"]:
+            raise UndecodableEvent(f"payload {payload_name} does not match event_type {record['event_type']}")
+        return writer.version, record
+
+
+class EventCodec(SchemaFamily):
+    """Payment events: encodes with one writer version and decodes every version found
+    in `schemas/`. Schemas are parsed once at construction and reused."""
+
+    def __init__(self, schemas_dir: Path, *, writer_version: int | None = None, reader_version: int | None = None):
+        super().__init__(schemas_dir, "payment_event", writer_version=writer_version, reader_version=reader_version)
 
     def event_types(self, version: int) -> frozenset[str]:
         """The payload types a version knows; an older reader cannot decode newer types."""
@@ -223,36 +267,12 @@ class EventCodec:
             # wrong record whose fields happen to fit.
             "payload": (f"payorch.events.{event.event_type}", event.payload),
         }
-        buffer = io.BytesIO()
-        buffer.write(SINGLE_OBJECT_MAGIC)
-        buffer.write(self.writer.fingerprint)
-        fastavro.schemaless_writer(buffer, self.writer.parsed, record)
-        return buffer.getvalue()
-
-    def writer_version_of(self, data: bytes) -> int:
-        if len(data) < _HEADER_BYTES or data[:2] != SINGLE_OBJECT_MAGIC:
-            raise UndecodableEvent("not Avro single-object encoded (missing C3 01 marker)")
-        writer = self._by_fingerprint.get(data[2:_HEADER_BYTES])
-        if writer is None:
-            raise UndecodableEvent(f"unknown writer schema fingerprint {data[2:_HEADER_BYTES].hex()}")
-        return writer.version
+        return self.write(record)
 
     def decode(self, data: bytes) -> Event:
-        writer = self._versions[self.writer_version_of(data)]
-        try:
-            record = fastavro.schemaless_reader(
-                io.BytesIO(data[_HEADER_BYTES:]),
-                writer.parsed,
-                self.reader.parsed,
-                return_record_name=True,
-                return_record_name_override=True,
-            )
-        except Exception as exc:  # fastavro raises several types for corrupt bodies
-            raise UndecodableEvent(f"corrupt Avro body for schema v{writer.version}: {exc!r}") from exc
-        payload_name, payload = _split_union(record["payload"])
+        version, record = self.read(data)
+        _, payload = split_union(record["payload"])
         event_type = record["event_type"]
-        if payload_name != event_type:
-            raise UndecodableEvent(f"payload {payload_name} does not match event_type {event_type}")
         occurred_at = record["occurred_at"]
         return Event(
             event_id=str(record["event_id"]),
@@ -266,11 +286,11 @@ class EventCodec:
             stage=record["stage"],
             payment=payment_from_record(record["payment"]),
             payload=payload,
-            schema_version=writer.version,
+            schema_version=version,
         )
 
 
-def _split_union(value: Any) -> tuple[str, dict]:
+def split_union(value: Any) -> tuple[str, dict]:
     if isinstance(value, tuple):
         name, body = value
         return name.rsplit(".", 1)[-1], body

@@ -95,6 +95,12 @@ class RuntimeStats:
 
 # A transactional call still blocked this long after its own timeout is hung, not slow.
 TXN_CALL_HANG_GRACE_S = 10.0
+# A consume loop that has not come round for this long is hung; Kafka's own
+# max.poll.interval.ms would take its partitions away at the same point.
+LOOP_STALL_MAX_S = 120.0
+# A restarted instance's init_transactions meets CONCURRENT_TRANSACTIONS while the
+# coordinator aborts its predecessor's open transaction; it is retried this many times.
+INIT_TRANSACTIONS_ATTEMPTS_MAX = 5
 # Exit status of a process the hang watchdog ended (EX_SOFTWARE): the supervisor restarts it.
 HUNG_CLIENT_EXIT_STATUS = 70
 
@@ -110,12 +116,18 @@ class HangWatchdog:
     again.
     """
 
-    def __init__(self, stage: str) -> None:
+    def __init__(self, stage: str, max_loop_stall_s: float = LOOP_STALL_MAX_S) -> None:
         self.stage = stage
+        self.max_loop_stall_s = max_loop_stall_s
         self._lock = threading.Lock()
         self._deadline: float | None = None
         self._call = ""
+        # The consume loop beats once per iteration; None until it starts.
+        self._last_beat: float | None = None
         threading.Thread(target=self._watch, name="kafka-hang-watchdog", daemon=True).start()
+
+    def beat(self) -> None:
+        self._last_beat = time.monotonic()
 
     @contextmanager
     def guard(self, call: str, timeout_s: float) -> Iterator[None]:
@@ -131,9 +143,13 @@ class HangWatchdog:
     def _watch(self) -> None:
         while True:
             time.sleep(1.0)
+            now = time.monotonic()
             with self._lock:
-                hung = self._deadline is not None and time.monotonic() > self._deadline
+                hung = self._deadline is not None and now > self._deadline
                 call = self._call
+            if not hung and self._last_beat is not None and now - self._last_beat > self.max_loop_stall_s:
+                # Blocked somewhere no guard covers (a rebalance callback's broker call, say).
+                hung, call = True, f"the consume loop (no iteration for {self.max_loop_stall_s:.0f} s)"
             if hung:
                 log.critical("Kafka call %s is hung past its timeout; exiting so a new process recovers", call,
                              extra={"stage": self.stage})
@@ -247,8 +263,7 @@ class StageRunner:
             overrides={"error_cb": self._on_client_error})
         self.watchdog = HangWatchdog(handler.name)
         if self.transactional:
-            with self.watchdog.guard("init_transactions", settings.runtime.produce_ack_timeout_s):
-                self.producer.init_transactions(settings.runtime.produce_ack_timeout_s)
+            self._init_transactions(settings.runtime.produce_ack_timeout_s)
         retry_levels = settings.runtime.retry.levels
         self.input_topics = [self.namer.topic(t, s) for t in self.tenants for s in handler.input_topics]
         self.input_topics += [self.namer.retry(t, s, level) for t in self.tenants for s in handler.input_topics
@@ -257,8 +272,21 @@ class StageRunner:
         self._paused: dict[tuple[str, int], float] = {}
         self._rng = random.Random()
 
+    def _init_transactions(self, timeout_s: float) -> None:
+        for attempt in range(1, INIT_TRANSACTIONS_ATTEMPTS_MAX + 1):
+            try:
+                with self.watchdog.guard("init_transactions", timeout_s):
+                    self.producer.init_transactions(timeout_s)
+                return
+            except KafkaException as exc:
+                error = exc.args[0]
+                if not error.retriable() or attempt == INIT_TRANSACTIONS_ATTEMPTS_MAX:
+                    raise
+                log.warning("retrying init_transactions (%d/%d): %s", attempt, INIT_TRANSACTIONS_ATTEMPTS_MAX, error,
+                            extra={"stage": self.handler.name})
+
     def _on_client_error(self, error: KafkaError) -> None:
-        if error.fatal():
+        if error.fatal() or error.code() == KafkaError._FATAL:
             self._fatal_error = str(error)
         elif error.code() not in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN):
             log.warning("Kafka client error: %s", error, extra={"stage": self.handler.name})
@@ -319,6 +347,7 @@ class StageRunner:
         next_report = time.monotonic() + STATS_REPORT_INTERVAL_S
         try:
             while not self._stop.is_set():
+                self.watchdog.beat()
                 if self._fatal_error is not None:
                     raise FatalClientError(f"fatal Kafka client error, restarting the process: {self._fatal_error}")
                 messages = self.consumer.consume(
@@ -379,8 +408,8 @@ class StageRunner:
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
                     continue
-                if error.fatal():
-                    raise RuntimeError(f"fatal consumer error: {error}")
+                if error.fatal() or error.code() == KafkaError._FATAL:
+                    raise FatalClientError(f"fatal consumer error: {error}")
                 log.warning("consumer error: %s", error, extra={"stage": self.handler.name})
                 continue
             where = (message.topic(), message.partition())

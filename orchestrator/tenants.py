@@ -161,15 +161,14 @@ class FundingConfig(_Strict):
     credit_limit: Decimal
     accounts: tuple[AccountFunding, ...] = ()
 
-    @cached_property
-    def line_of_account(self) -> dict[str, Decimal]:
-        return {entry.account.replace(" ", "").upper(): entry.credit_limit for entry in self.accounts}
-
     def credit_limit_for(self, account_identifier: str) -> Decimal | None:
-        """The account's line; None when it may not open on first use and has none."""
-        own = self.line_of_account.get(account_identifier.replace(" ", "").upper())
-        if own is not None:
-            return own
+        """The account's line; None when it may not open on first use and has none.
+        (Looked up each time: an account opens once, and a cached map would survive a
+        `model_copy` with other accounts.)"""
+        wanted = account_identifier.replace(" ", "").upper()
+        for entry in self.accounts:
+            if entry.account.replace(" ", "").upper() == wanted:
+                return entry.credit_limit
         return self.credit_limit if self.open_on_first_use else None
 
 

@@ -34,12 +34,12 @@ from datetime import datetime
 
 from lxml import etree
 
-from orchestrator.domain import Agent, Payment, currency_exponent, format_minor_units
+from orchestrator.domain import Payment, currency_exponent, format_minor_units
 from orchestrator.tenants import RailConfig
 
 from adapters.iso20022 import schemas
-from adapters.iso20022._common import Xml, format_datetime, transaction_id_of, uetr_of
-from adapters.iso20022.camt054 import BOOKED, CreditDebit, bank_transaction_code
+from adapters.iso20022._common import Xml, format_datetime
+from adapters.iso20022.camt054 import CreditDebit, add_report_entry
 from adapters.iso20022.errors import IsoDocumentError
 
 __all__ = ["MESSAGE_VERSION", "StatementAccount", "StatementEntry", "build_camt053"]
@@ -50,7 +50,6 @@ MAX_REFERENCE_CHARS = 35  # Max35Text
 MAX_ACCOUNT_ID_CHARS = 34  # Max34Text (GenericAccountIdentification1/Id)
 MAX_ACCOUNT_NAME_CHARS = 70  # Max70Text
 MAX_ADDITIONAL_INFO_CHARS = 500  # Max500Text
-MAX_LOCAL_INSTRUMENT_CODE_CHARS = 35
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,55 +191,5 @@ def _add_summary(statement: etree._Element, entries: Sequence[StatementEntry], c
 
 
 def _add_entry(statement: etree._Element, entry: StatementEntry, value_date: str, rail: RailConfig | None) -> None:
-    payment = entry.payment
-    reference = transaction_id_of(payment.payment_id)
-    ntry = _X.sub(statement, "Ntry")
-    _X.sub(ntry, "NtryRef", reference)
-    _X.sub(ntry, "Amt", payment.amount, Ccy=payment.currency)
-    _X.sub(ntry, "CdtDbtInd", entry.credit_debit)
-    _X.sub(_X.sub(ntry, "Sts"), "Cd", BOOKED)
-    _X.sub(_X.sub(ntry, "BookgDt"), "DtTm", format_datetime(entry.booked_at))
-    _X.sub(_X.sub(ntry, "ValDt"), "Dt", value_date)
-    _X.sub(ntry, "AcctSvcrRef", reference)
-    _add_bank_transaction_code(ntry, entry.credit_debit, rail)
-
-    tx = _X.sub(_X.sub(ntry, "NtryDtls"), "TxDtls")
-    refs = _X.sub(tx, "Refs")
-    if payment.source_message_id and len(payment.source_message_id) <= MAX_REFERENCE_CHARS:
-        _X.sub(refs, "MsgId", payment.source_message_id)
-    _X.sub(refs, "AcctSvcrRef", reference)
-    _X.sub(refs, "EndToEndId", payment.end_to_end_id)
-    uetr = uetr_of(payment.payment_id)
-    if uetr is not None:
-        _X.sub(refs, "UETR", uetr)
-    _X.sub(refs, "TxId", reference)
-    _X.sub(tx, "Amt", payment.amount, Ccy=payment.currency)
-    _X.sub(tx, "CdtDbtInd", entry.credit_debit)
-    _add_bank_transaction_code(tx, entry.credit_debit, rail)
-
-    scheme = rail.bank_code_scheme if rail is not None else None
-    debtor, creditor = payment.debtor, payment.creditor
-    debtor_agent = _has_agent(debtor.agent, debtor.account.bank_code)
-    creditor_agent = _has_agent(creditor.agent, creditor.account.bank_code)
-    if debtor_agent or creditor_agent:
-        agents = _X.sub(tx, "RltdAgts")
-        if debtor_agent:
-            _X.add_agent(agents, "DbtrAgt", debtor.agent, bank_code=debtor.account.bank_code, bank_code_scheme=scheme)
-        if creditor_agent:
-            _X.add_agent(agents, "CdtrAgt", creditor.agent, bank_code=creditor.account.bank_code,
-                         bank_code_scheme=scheme)
-    if rail is not None and rail.clearing.local_instrument:
-        _X.add_code_or_proprietary(tx, "LclInstrm", rail.clearing.local_instrument, MAX_LOCAL_INSTRUMENT_CODE_CHARS)
-
-
-def _add_bank_transaction_code(parent: etree._Element, credit_debit: CreditDebit, rail: RailConfig | None) -> None:
-    domain_code, family_code, sub_family_code = bank_transaction_code(credit_debit, rail)
-    domain = _X.sub(_X.sub(parent, "BkTxCd"), "Domn")
-    _X.sub(domain, "Cd", domain_code)
-    family = _X.sub(domain, "Fmly")
-    _X.sub(family, "Cd", family_code)
-    _X.sub(family, "SubFmlyCd", sub_family_code)
-
-
-def _has_agent(agent: Agent, bank_code: str | None) -> bool:
-    return bool(agent.bic or agent.member_id or bank_code)
+    add_report_entry(_X, statement, entry.payment, entry.credit_debit, entry.booked_at, value_date, rail,
+                     with_parties=False)

@@ -212,53 +212,9 @@ def _add_summary(notification: etree._Element, entries: Sequence[Camt054Entry], 
 
 
 def _add_entry(notification: etree._Element, entry: Camt054Entry) -> None:
-    payment, rail = entry.payment, entry.rail
-    reference = transaction_id_of(payment.payment_id)
-    ntry = _X.sub(notification, "Ntry")
-    _X.sub(ntry, "NtryRef", reference)
-    _X.sub(ntry, "Amt", payment.amount, Ccy=payment.currency)
-    _X.sub(ntry, "CdtDbtInd", entry.credit_debit)
-    _X.sub(_X.sub(ntry, "Sts"), "Cd", BOOKED)
-    _X.sub(_X.sub(ntry, "BookgDt"), "DtTm", format_datetime(entry.booked_at))
-    _X.sub(_X.sub(ntry, "ValDt"), "Dt", entry.value_date or utc_date(entry.booked_at))
-    _X.sub(ntry, "AcctSvcrRef", reference)
-    _add_bank_transaction_code(ntry, entry.credit_debit, rail)
-
-    tx = _X.sub(_X.sub(ntry, "NtryDtls"), "TxDtls")
-    refs = _X.sub(tx, "Refs")
-    source_message_id = payment.source_message_id
-    if source_message_id and len(source_message_id) <= MAX_REFERENCE_CHARS:
-        _X.sub(refs, "MsgId", source_message_id)
-    _X.sub(refs, "AcctSvcrRef", reference)
-    _X.sub(refs, "EndToEndId", payment.end_to_end_id)
-    uetr = uetr_of(payment.payment_id)
-    if uetr is not None:
-        _X.sub(refs, "UETR", uetr)
-    _X.sub(refs, "TxId", reference)
-
-    _X.sub(tx, "Amt", payment.amount, Ccy=payment.currency)
-    _X.sub(tx, "CdtDbtInd", entry.credit_debit)
-    _add_bank_transaction_code(tx, entry.credit_debit, rail)
-
-    scheme = rail.bank_code_scheme if rail is not None else None
-    debtor, creditor = payment.debtor, payment.creditor
-    parties = _X.sub(tx, "RltdPties")
-    _X.add_party(_X.sub(parties, "Dbtr"), "Pty", debtor)
-    _X.add_account(parties, "DbtrAcct", debtor)
-    _X.add_party(_X.sub(parties, "Cdtr"), "Pty", creditor)
-    _X.add_account(parties, "CdtrAcct", creditor)
-    debtor_agent = _has_agent(debtor.agent, debtor.account.bank_code)
-    creditor_agent = _has_agent(creditor.agent, creditor.account.bank_code)
-    if debtor_agent or creditor_agent:
-        agents = _X.sub(tx, "RltdAgts")
-        if debtor_agent:
-            _X.add_agent(agents, "DbtrAgt", debtor.agent, bank_code=debtor.account.bank_code, bank_code_scheme=scheme)
-        if creditor_agent:
-            _X.add_agent(
-                agents, "CdtrAgt", creditor.agent, bank_code=creditor.account.bank_code, bank_code_scheme=scheme
-            )
-    if rail is not None and rail.clearing.local_instrument:
-        _X.add_code_or_proprietary(tx, "LclInstrm", rail.clearing.local_instrument, MAX_LOCAL_INSTRUMENT_CODE_CHARS)
+    payment = entry.payment
+    tx = add_report_entry(_X, notification, payment, entry.credit_debit, entry.booked_at,
+                          entry.value_date or utc_date(entry.booked_at), entry.rail, with_parties=True)
     if payment.purpose_code:
         _X.add_code_or_proprietary(tx, "Purp", payment.purpose_code, MAX_PURPOSE_CODE_CHARS)
     remittance = clean_text(payment.remittance_information, MAX_REMITTANCE_CHARS)
@@ -266,13 +222,70 @@ def _add_entry(notification: etree._Element, entry: Camt054Entry) -> None:
         _X.sub(_X.sub(tx, "RmtInf"), "Ustrd", remittance)
 
 
-def _add_bank_transaction_code(parent: etree._Element, credit_debit: CreditDebit, rail: RailConfig | None) -> None:
+def add_report_entry(
+    xml: Xml, parent: etree._Element, payment: Payment, credit_debit: CreditDebit, booked_at: datetime,
+    value_date: str, rail: RailConfig | None, *, with_parties: bool,
+) -> etree._Element:
+    """One booked `Ntry` with its transaction details (the ReportEntry shape camt.052,
+    camt.053 and camt.054 share), in `xml`'s namespace; returns the `TxDtls` element.
+    `with_parties=False` leaves names and account numbers out (a statement of the
+    clearing account needs the references and agents, not the customers' data)."""
+    reference = transaction_id_of(payment.payment_id)
+    ntry = xml.sub(parent, "Ntry")
+    xml.sub(ntry, "NtryRef", reference)
+    xml.sub(ntry, "Amt", payment.amount, Ccy=payment.currency)
+    xml.sub(ntry, "CdtDbtInd", credit_debit)
+    xml.sub(xml.sub(ntry, "Sts"), "Cd", BOOKED)
+    xml.sub(xml.sub(ntry, "BookgDt"), "DtTm", format_datetime(booked_at))
+    xml.sub(xml.sub(ntry, "ValDt"), "Dt", value_date)
+    xml.sub(ntry, "AcctSvcrRef", reference)
+    _add_bank_transaction_code(xml, ntry, credit_debit, rail)
+
+    tx = xml.sub(xml.sub(ntry, "NtryDtls"), "TxDtls")
+    refs = xml.sub(tx, "Refs")
+    source_message_id = payment.source_message_id
+    if source_message_id and len(source_message_id) <= MAX_REFERENCE_CHARS:
+        xml.sub(refs, "MsgId", source_message_id)
+    xml.sub(refs, "AcctSvcrRef", reference)
+    xml.sub(refs, "EndToEndId", payment.end_to_end_id)
+    uetr = uetr_of(payment.payment_id)
+    if uetr is not None:
+        xml.sub(refs, "UETR", uetr)
+    xml.sub(refs, "TxId", reference)
+    xml.sub(tx, "Amt", payment.amount, Ccy=payment.currency)
+    xml.sub(tx, "CdtDbtInd", credit_debit)
+    _add_bank_transaction_code(xml, tx, credit_debit, rail)
+
+    scheme = rail.bank_code_scheme if rail is not None else None
+    debtor, creditor = payment.debtor, payment.creditor
+    if with_parties:
+        parties = xml.sub(tx, "RltdPties")
+        xml.add_party(xml.sub(parties, "Dbtr"), "Pty", debtor)
+        xml.add_account(parties, "DbtrAcct", debtor)
+        xml.add_party(xml.sub(parties, "Cdtr"), "Pty", creditor)
+        xml.add_account(parties, "CdtrAcct", creditor)
+    debtor_agent = _has_agent(debtor.agent, debtor.account.bank_code)
+    creditor_agent = _has_agent(creditor.agent, creditor.account.bank_code)
+    if debtor_agent or creditor_agent:
+        agents = xml.sub(tx, "RltdAgts")
+        if debtor_agent:
+            xml.add_agent(agents, "DbtrAgt", debtor.agent, bank_code=debtor.account.bank_code, bank_code_scheme=scheme)
+        if creditor_agent:
+            xml.add_agent(agents, "CdtrAgt", creditor.agent, bank_code=creditor.account.bank_code,
+                          bank_code_scheme=scheme)
+    if rail is not None and rail.clearing.local_instrument:
+        xml.add_code_or_proprietary(tx, "LclInstrm", rail.clearing.local_instrument, MAX_LOCAL_INSTRUMENT_CODE_CHARS)
+    return tx
+
+
+def _add_bank_transaction_code(xml: Xml, parent: etree._Element, credit_debit: CreditDebit,
+                               rail: RailConfig | None) -> None:
     domain_code, family_code, sub_family_code = bank_transaction_code(credit_debit, rail)
-    domain = _X.sub(_X.sub(parent, "BkTxCd"), "Domn")
-    _X.sub(domain, "Cd", domain_code)
-    family = _X.sub(domain, "Fmly")
-    _X.sub(family, "Cd", family_code)
-    _X.sub(family, "SubFmlyCd", sub_family_code)
+    domain = xml.sub(xml.sub(parent, "BkTxCd"), "Domn")
+    xml.sub(domain, "Cd", domain_code)
+    family = xml.sub(domain, "Fmly")
+    xml.sub(family, "Cd", family_code)
+    xml.sub(family, "SubFmlyCd", sub_family_code)
 
 
 def _has_agent(agent: Agent, bank_code: str | None) -> bool:

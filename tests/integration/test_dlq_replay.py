@@ -87,7 +87,7 @@ def test_dead_letters_replayed_after_the_fix_settle_and_a_second_replay_changes_
         assert rows == {("emea", "initiation", "UndecodableEvent"): POISONED,
                         ("emea", "tracking", "UndecodableEvent"): POISONED}, rows
         shown = system.cli("dlq", "show", payment_ids[0])
-        assert shown.returncode == 0 and "unknown writer schema fingerprint" in shown.stdout, shown.stdout
+        assert shown.returncode == 0 and "writer schema fingerprint" in shown.stdout, shown.stdout
 
         dry = system.cli("dlq", "replay", "--tenant", "emea", "--stage", "initiation", "--dry-run")
         assert dry.returncode == 0, dry.stderr

@@ -49,9 +49,19 @@ def start_load(system: System, *, duration_s: float, rate_per_s: float = RATE_PE
     return thread, box
 
 
-def finish_load(thread: threading.Thread, box: dict) -> LoadResult:
-    thread.join(timeout=400)
+def finish_load(thread: threading.Thread, box: dict, system: System | None = None) -> LoadResult:
+    """Wait for the load to drain. With `system`, do what `payorch up` (or ECS) does
+    meanwhile: start again any process that exited (a stage that hit a fatal client
+    error or a hung Kafka call ends itself so that a new process recovers)."""
+    deadline = time.monotonic() + 400
+    restarted: list[str] = []
+    while thread.is_alive() and time.monotonic() < deadline:
+        if system is not None:
+            restarted += system.restart_exited()
+        thread.join(timeout=1)
     assert "result" in box, "the load generator did not finish"
+    if restarted:
+        print(f"processes that exited and were restarted: {sorted(restarted)}")
     return box["result"]
 
 
@@ -88,7 +98,7 @@ def test_every_stage_sigkilled_during_load(kafka_bootstrap, tmp_path):
             time.sleep(0.3)
             system.start(victim)
             time.sleep(0.7)
-        result = finish_load(thread, box)
+        result = finish_load(thread, box, system)
         offered = int(RATE_PER_S * duration_s)
         counts = check_after_fault(system, "sigkill-each-stage", result, offered=offered)
         assert counts["settled"] == offered
@@ -147,7 +157,7 @@ def test_clearing_simulator_down_then_back(kafka_bootstrap, tmp_path):
         time.sleep(6)  # every rail unreachable for six seconds
         metrics_while_down = httpx.get(f"{system.base_url}/metrics", timeout=10).text
         system.start("clearing-sim")
-        result = finish_load(thread, box)
+        result = finish_load(thread, box, system)
         offered = int(RATE_PER_S * duration_s)
         counts = check_after_fault(system, "clearing-down-then-back", result, offered=offered)
         assert counts["settled"] == offered, "payments wait for the rail instead of failing"
@@ -182,7 +192,7 @@ def test_rail_slower_than_its_time_limit(kafka_bootstrap, tmp_path):
     system = make_system(kafka_bootstrap, tmp_path, rail_overrides=slow, all_rails=FAST_BREAKERS)
     try:
         duration_s = 6
-        result = finish_load(*start_load(system, duration_s=duration_s))
+        result = finish_load(*start_load(system, duration_s=duration_s), system)
         offered = int(RATE_PER_S * duration_s)
         counts = check_after_fault(system, "rail-slower-than-time-limit", result, offered=offered)
         with httpx.Client() as client:
@@ -218,7 +228,7 @@ def test_poison_burst_goes_to_dead_letters_and_the_rest_settles(kafka_bootstrap,
                                  headers=[("event_type", event_type.encode()), ("tenant_id", b"emea"),
                                           ("correlation_id", f"poison-{stage_topic}-{i}".encode())])
         assert producer.flush(30) == 0
-        result = finish_load(thread, box)
+        result = finish_load(thread, box, system)
         offered = int(RATE_PER_S * duration_s)
         counts = check_after_fault(system, "poison-burst", result, offered=offered)
         assert counts["settled"] == offered

@@ -54,7 +54,7 @@ def test_ledger_killed_inside_an_open_transaction_posts_every_payment_exactly_on
         time.sleep(2)
         system.kill("ledger", signal.SIGKILL)
         system.start("ledger")
-        result = finish_load(thread, box)
+        result = finish_load(thread, box, system)
         offered = int(duration_s * 60)
         counts = check_after_fault(system, "ledger-killed-in-open-transaction", result, offered=offered)
         assert counts["settled"] == offered and kills == 2
