@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from orchestrator.bootstrap import make_codec
 from orchestrator.events import UndecodableEvent
@@ -80,6 +80,27 @@ class ReplayResult:
                 f"had already ended" + (f"; {self.failed} FAILED (run it again)" if self.failed else ""))
 
 
+# A broker that is moving a partition's leadership (just after topic creation, or a
+# restart) answers NOT_LEADER for a moment; the operator's command rides that out.
+_WATERMARK_ATTEMPTS = 10
+_WATERMARK_RETRY_S = 0.5
+_PASSING_ERRORS = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                             KafkaError._TIMED_OUT, KafkaError._TRANSPORT})
+
+
+def _watermarks(consumer: Consumer, partition: TopicPartition) -> tuple[int, int]:
+    for attempt in range(1, _WATERMARK_ATTEMPTS + 1):
+        try:
+            return consumer.get_watermark_offsets(partition, timeout=10)
+        except KafkaException as exc:
+            error = exc.args[0]
+            passing = error.retriable() or error.code() in _PASSING_ERRORS
+            if not passing or attempt == _WATERMARK_ATTEMPTS:
+                raise
+            time.sleep(_WATERMARK_RETRY_S)
+    raise AssertionError("unreachable")
+
+
 class DeadLetters:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -104,7 +125,7 @@ class DeadLetters:
             metadata = consumer.list_topics(timeout=10)
             for topic in self.topics():
                 for partition in metadata.topics[topic].partitions:
-                    low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+                    low, high = _watermarks(consumer, TopicPartition(topic, partition))
                     if high > low:
                         assignments.append((TopicPartition(topic, partition, low), high))
             if not assignments:

@@ -206,3 +206,25 @@ def test_a_kafka_call_hung_past_its_timeout_ends_the_process():
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 70, done.stderr
     assert 2.5 < time.monotonic() - started < 10
+
+
+def test_dlq_tools_ride_out_a_moving_partition_leader(monkeypatch):
+    from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+    import orchestrator.dlq as dlq
+
+    monkeypatch.setattr(dlq, "_WATERMARK_RETRY_S", 0.0)
+    answers = [KafkaException(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION)), (3, 9)]
+
+    class Consumer:
+        def get_watermark_offsets(self, partition, timeout):
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    assert dlq._watermarks(Consumer(), TopicPartition("t", 0)) == (3, 9)
+    broken = [KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))]
+    answers[:] = broken
+    with pytest.raises(KafkaException):
+        dlq._watermarks(Consumer(), TopicPartition("t", 0))
