@@ -68,8 +68,10 @@ def test_stages_killed_mid_flow_lose_nothing_and_post_nothing_twice(system):
     outcome = {}
 
     def load() -> None:
+        # A 503 means "outcome unknown": the client sends again with the same key.
         outcome["result"] = asyncio.run(offer_load(system.base_url, rate_per_s=OFFERED_RATE_PER_S,
-                                                   duration_s=LOAD_DURATION_S, drain_timeout_s=120))
+                                                   duration_s=LOAD_DURATION_S, drain_timeout_s=120,
+                                                   retry_unavailable_s=60))
 
     loader = threading.Thread(target=load)
     loader.start()

@@ -65,9 +65,10 @@ def finish_load(thread: threading.Thread, box: dict, system: System | None = Non
     return box["result"]
 
 
-def wait_for_first_settled(system: System, timeout_s: float = 60) -> None:
+def wait_for_first_settled(system: System, timeout_s: float = 180) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        system.restart_exited()  # as payorch up would, if a stage ended itself while starting
         path = system.data_dir / "tracking.sqlite"
         if path.exists():
             with sqlite3.connect(path) as db:
