@@ -33,3 +33,13 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The figures of every fault test that ran: offered, settled, ..., lost, duplicated."""
+    from tests.harness import FAULT_REPORT_LINES
+
+    if FAULT_REPORT_LINES:
+        terminalreporter.section("fault tests: payments offered and where they ended")
+        for line in FAULT_REPORT_LINES:
+            terminalreporter.write_line(line)

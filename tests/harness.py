@@ -23,6 +23,9 @@ from orchestrator.bootstrap import STAGE_NAMES
 from orchestrator.settings import REPO_ROOT, Settings
 
 PROCESS_READY_TIMEOUT_S = 60.0
+# One line of figures per fault test; tests/conftest.py prints them at the end of the run
+# (pytest captures a passing test's own output).
+FAULT_REPORT_LINES: list[str] = []
 
 
 def free_port() -> int:

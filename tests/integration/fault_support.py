@@ -17,7 +17,7 @@ import yaml
 from orchestrator.dlq import DeadLetters
 from orchestrator.loadgen import LoadResult
 from orchestrator.settings import REPO_ROOT
-from tests.harness import System
+from tests.harness import FAULT_REPORT_LINES, System
 
 # Events a payment may legitimately carry more than once (one per wait).
 REPEATABLE_EVENT_TYPES = ("PaymentDeferred",)
@@ -82,7 +82,9 @@ def check_after_fault(system: System, fault: str, result: LoadResult, *, offered
         "lost": len(lost) + never_accepted,
         "duplicated": len({payment for payment, _, _ in duplicated}),
     }
-    print(f"FAULT {fault}: " + " ".join(f"{name}={value}" for name, value in counts.items()))
+    line = f"FAULT {fault}: " + " ".join(f"{name}={value}" for name, value in counts.items())
+    print(line)
+    FAULT_REPORT_LINES.append(line)
     print(verify.stdout.strip().splitlines()[-1] if verify.stdout.strip() else verify.stderr)
     assert counts["lost"] == 0, f"lost payments: {lost[:5]}, never accepted: {never_accepted}"
     assert counts["duplicated"] == 0, f"events recorded twice: {duplicated[:5]}"

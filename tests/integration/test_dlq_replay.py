@@ -26,7 +26,7 @@ from orchestrator.samples import sample_body
 from orchestrator.settings import REPO_ROOT
 from orchestrator.topics import TopicNamer
 from orchestrator.validation import normalise_payment
-from tests.harness import System
+from tests.harness import FAULT_REPORT_LINES, System
 
 pytestmark = pytest.mark.integration
 
@@ -126,7 +126,9 @@ def test_dead_letters_replayed_after_the_fix_settle_and_a_second_replay_changes_
         assert after == before, "a second replay changes nothing"
         verify = system.cli("ledger", "verify")
         assert verify.returncode == 0 and "all invariants hold" in verify.stdout, verify.stdout + verify.stderr
-        print(f"FAULT poison-then-replay: offered={POISONED} settled={POISONED} dead_lettered_then_replayed="
-              f"{2 * POISONED} lost=0 duplicated=0")
+        line = (f"FAULT poison-then-replay: offered={POISONED} settled={POISONED} dead_lettered_then_replayed="
+                f"{2 * POISONED} second_replay=0 lost=0 duplicated=0")
+        print(line)
+        FAULT_REPORT_LINES.append(line)
     finally:
         system.stop()

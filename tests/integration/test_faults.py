@@ -25,7 +25,7 @@ from orchestrator.kafka_local import LocalKafka, ensure_kafka_jars
 from orchestrator.loadgen import LoadResult, offer_load
 from orchestrator.settings import REPO_ROOT
 from orchestrator.topics import TopicNamer
-from tests.harness import System
+from tests.harness import FAULT_REPORT_LINES, System
 from tests.integration.fault_support import check_after_fault, dead_lettered_payments, tenants_dir
 
 pytestmark = pytest.mark.integration
@@ -253,6 +253,8 @@ def test_poison_burst_goes_to_dead_letters_and_the_rest_settles(kafka_bootstrap,
         assert by_stage[("execution", "UndecodableEvent")] == per_topic
         assert by_stage[("ledger", "UndecodableEvent")] == per_topic
         assert by_stage[("tracking", "UndecodableEvent")] == 2 * per_topic
-        print(f"FAULT poison-burst: poison={per_topic * len(burst)} dead_letters={sum(by_stage.values())}")
+        line = f"FAULT poison-burst: poison={per_topic * len(burst)} dead_letters={sum(by_stage.values())} {by_stage}"
+        print(line)
+        FAULT_REPORT_LINES.append(line)
     finally:
         system.stop()
