@@ -28,10 +28,19 @@ _COMPRESSION = "none"
 # A dead-lettered or replayed message keeps the retention of its topic; 7 days lets
 # operators act on a weekend incident.
 _DLQ_RETENTION_MS = 7 * 24 * 3600 * 1000
+# How long the broker holds an empty fetch. Input topics: short, which bounds how late a
+# consumer notices a partition that just became readable after a transaction committed.
+# Retry topics are nearly always empty and their events wait seconds anyway.
+_FETCH_WAIT_MAX_MS = {"main": 100, "retry": 500}
+
+
+# librdkafka enables Nagle's algorithm by default; on small requests it holds each
+# produce, fetch and transaction call for the peer's delayed ACK.
+_LOW_LATENCY_SOCKETS = {"socket.nagle.disable": True}
 
 
 def producer_config(settings: Settings, client_id: str) -> dict:
-    config = settings.kafka.client_config()
+    config = dict(_LOW_LATENCY_SOCKETS)
     config.update(
         {
             "client.id": client_id,
@@ -43,11 +52,13 @@ def producer_config(settings: Settings, client_id: str) -> dict:
             "delivery.timeout.ms": int(settings.runtime.produce_ack_timeout_s * 1000),
         }
     )
+    # Operators' librdkafka options (PAYORCH_KAFKA__EXTRA) win over our defaults.
+    config.update(settings.kafka.client_config())
     return config
 
 
-def consumer_config(settings: Settings, group_id: str, client_id: str) -> dict:
-    config = settings.kafka.client_config()
+def consumer_config(settings: Settings, group_id: str, client_id: str, *, role: str = "main") -> dict:
+    config = dict(_LOW_LATENCY_SOCKETS)
     config.update(
         {
             "group.id": group_id,
@@ -67,13 +78,16 @@ def consumer_config(settings: Settings, group_id: str, client_id: str) -> dict:
             "max.poll.interval.ms": 120_000,
             # A member that really died (not restarted) gives its partitions up after this.
             "session.timeout.ms": 10_000,
-            # The broker holds a fetch until this many bytes are ready or the wait is over.
-            # Under load that turns one fetch per event into one per ~25 ms of events, which
-            # is most of the broker's CPU; when idle it costs each hop at most the wait.
-            "fetch.min.bytes": 65_536,
-            "fetch.wait.max.ms": 25,
+            # Long polling: the broker answers a fetch as soon as one byte is ready, and
+            # holds an empty one for the wait. A quiet system then costs each consumer a
+            # few fetches a second, and a hop never waits for data that is already there;
+            # under load the batches grow on their own (see the runtime's checkpoints).
+            "fetch.min.bytes": 1,
+            "fetch.wait.max.ms": _FETCH_WAIT_MAX_MS[role],
         }
     )
+    # Operators' librdkafka options (PAYORCH_KAFKA__EXTRA) win over our defaults.
+    config.update(settings.kafka.client_config())
     return config
 
 
@@ -87,8 +101,8 @@ def make_producer(settings: Settings, client_id: str, *, transactional_id: str |
 
 
 def make_consumer(settings: Settings, group_id: str, client_id: str, *, instance_id: str | None = None,
-                  transactional: bool = False, overrides: dict | None = None) -> Consumer:
-    config = consumer_config(settings, group_id, client_id)
+                  transactional: bool = False, role: str = "main", overrides: dict | None = None) -> Consumer:
+    config = consumer_config(settings, group_id, client_id, role=role)
     config.update(overrides or {})
     if transactional:
         # Offsets are committed inside each output transaction, never on their own.

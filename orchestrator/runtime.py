@@ -1,9 +1,11 @@
 """The stage runtime: everything between Kafka and a stage's decision function.
 
 One loop per stage process: consume a batch, drop event types the stage does not
-handle (by header, before decoding), decode, hand the batch to the stage, produce its
-outputs with the idempotent producer, wait until the broker acknowledged all of them,
-and only then commit the consumed offsets. A crash anywhere in between redelivers the
+handle (by header, before decoding), decode, hand the batch to the stage, and produce
+its outputs with the idempotent producer into the open checkpoint. A checkpoint (one
+Kafka transaction, or in at-least-once mode one wait for every acknowledgement before
+the offsets are stored) covers the batches of up to one commit interval, and commits
+as soon as input pauses. A crash anywhere in between redelivers the
 batch; stages are idempotent and derive output event ids from their causes, so the
 redelivery re-emits events with the same ids, which consumers drop as duplicates.
 
@@ -41,14 +43,22 @@ from orchestrator import retries
 from orchestrator.retries import RetryLater
 from orchestrator.settings import Settings
 from orchestrator.topics import DLQ_SUFFIX, OUTPUT_TOPIC_OF_STAGE, TopicNamer
+# The wire contract's header names, re-exported: older callers import them from here.
+from orchestrator.wire import (  # noqa: F401
+    HEADER_CAUSATION_ID,
+    HEADER_CORRELATION_ID,
+    HEADER_EVENT_ID,
+    HEADER_EVENT_TYPE,
+    HEADER_OCCURRED_AT,
+    HEADER_REGION,
+    HEADER_SCHEMA_VERSION,
+    HEADER_STAGE,
+    HEADER_TENANT_ID,
+    HEADER_TRACEPARENT,
+    event_headers,
+)
 
 log = logging.getLogger("payorch.runtime")
-
-HEADER_EVENT_TYPE = "event_type"
-HEADER_SCHEMA_VERSION = "schema_version"
-HEADER_CORRELATION_ID = "correlation_id"
-HEADER_TENANT_ID = "tenant_id"
-HEADER_TRACEPARENT = "traceparent"
 
 DLQ_HEADER_PREFIX = "payorch.dlq."
 # A commit that fails with a retriable error (a coordinator moving, a timeout) is retried
@@ -85,6 +95,8 @@ class RuntimeStats:
     retried: int = 0
     aborted_transactions: int = 0
     batches: int = 0
+    commits: int = 0
+    reported_commits: int = 0
     last_batch_ms: float = 0.0
     batch_ms_sum: float = 0.0
     batch_ms_max: float = 0.0
@@ -169,20 +181,13 @@ class ProduceFailed(RuntimeError):
     """The broker did not acknowledge every output of a batch in time."""
 
 
-def event_headers(event: Event, schema_version: int) -> list[tuple[str, bytes]]:
-    headers = [
-        (HEADER_EVENT_TYPE, event.event_type.encode()),
-        (HEADER_SCHEMA_VERSION, str(schema_version).encode()),
-        (HEADER_CORRELATION_ID, event.correlation_id.encode()),
-        (HEADER_TENANT_ID, event.tenant_id.encode()),
-    ]
-    if event.traceparent:
-        headers.append((HEADER_TRACEPARENT, event.traceparent.encode()))
-    return headers
-
-
 def header_value(message: Message, name: str) -> str | None:
-    for key, value in message.headers() or ():
+    return _header(message.headers() or (), name)
+
+
+def _header(headers: Sequence[tuple[str, bytes | None]], name: str) -> str | None:
+    # confluent-kafka builds a new list on every `headers()` call: the hot loop reads it once.
+    for key, value in headers:
         if key == name and value is not None:
             return value.decode("utf-8", "replace")
     return None
@@ -227,6 +232,163 @@ def await_acks(producer: Producer, tracker: AckTracker, timeout_s: float) -> Non
         raise ProduceFailed(f"broker refused outputs: {tracker.errors[:3]}")
 
 
+class Checkpoint:
+    """What one commit covers: the records produced since the last commit and the input
+    offsets they consumed. Both delivery modes share this shape, so the loop is written
+    once; they differ only in how `commit` makes records and offsets durable together.
+    """
+
+    def __init__(self) -> None:
+        self.record_count = 0
+        # (topic, partition) -> next offset, per consumer role ("main" or "retry").
+        self.offsets: dict[str, dict[tuple[str, int], int]] = {"main": {}, "retry": {}}
+        self.opened_at: float | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self.record_count == 0 and not any(self.offsets.values())
+
+    def open(self) -> None:
+        if self.opened_at is None:
+            self.opened_at = time.monotonic()
+
+    def age_s(self) -> float:
+        return 0.0 if self.opened_at is None else time.monotonic() - self.opened_at
+
+    def add_offsets(self, offsets: list[TopicPartition]) -> None:
+        self.open()
+        for partition in offsets:
+            role = "retry" if retries.is_retry_topic(partition.topic) else "main"
+            key = (partition.topic, partition.partition)
+            self.offsets[role][key] = max(self.offsets[role].get(key, 0), partition.offset)
+
+    def offsets_of(self, role: str) -> list[TopicPartition]:
+        return [TopicPartition(t, p, o) for (t, p), o in self.offsets[role].items()]
+
+    def add_records(self, records: Sequence[tuple]) -> None:
+        raise NotImplementedError
+
+    def commit(self) -> bool:
+        """Make this checkpoint's records and offsets durable; False if it was aborted."""
+        raise NotImplementedError
+
+
+class TransactionalCheckpoint(Checkpoint):
+    """Exactly once: records and offsets in one Kafka transaction, begun on first use.
+
+    A transaction may span several consumed batches (up to the commit interval): one
+    commit then pays for many events, which is what keeps the broker's transaction
+    overhead per payment small under load. read_committed consumers downstream see the
+    records only once the transaction commits, so the interval bounds the added latency.
+    """
+
+    def __init__(self, runner: "StageRunner") -> None:
+        super().__init__()
+        self.runner = runner
+        self.producer = runner.producer
+        self.tracker = AckTracker()
+        self._begun = False
+
+    def _begin(self) -> None:
+        if not self._begun:
+            self.producer.begin_transaction()
+            self._begun = True
+        self.open()
+
+    def add_records(self, records: Sequence[tuple]) -> None:
+        if not records:
+            return
+        self._begin()
+        for topic, key, value, headers in records:
+            produce_record(self.producer, topic, key, value, headers, self.tracker)
+        self.record_count += len(records)
+
+    def commit(self) -> bool:
+        """Commit; on an abortable error abort, rewind the consumers and return False.
+
+        The consumer is rewound to the last committed offsets and the batches are handled
+        again (stages are idempotent, and read_committed consumers never saw the aborted
+        outputs). Retriable commit errors are retried; fatal ones (a fenced zombie
+        instance, say) propagate and end the process, as librdkafka's transaction docs
+        require.
+        """
+        if self.empty:
+            return True
+        runner = self.runner
+        timeout_s = runner.settings.runtime.produce_ack_timeout_s
+        try:
+            self._begin()
+            for role, consumer in runner.consumers_by_role().items():
+                offsets = self.offsets_of(role)
+                if offsets:
+                    with runner.watchdog.guard("send_offsets_to_transaction", timeout_s):
+                        self.producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(),
+                                                                  timeout_s)
+            hold_s = runner.settings.runtime.drill_hold_transaction_s
+            if hold_s and self.record_count:
+                log.warning("drill: holding a transaction of %d records open for %.1f s", self.record_count, hold_s,
+                            extra={"stage": runner.handler.name})
+                time.sleep(hold_s)
+            for attempt in range(1, TXN_COMMIT_ATTEMPTS_MAX + 1):
+                try:
+                    with runner.watchdog.guard("commit_transaction", timeout_s):
+                        self.producer.commit_transaction(timeout_s)
+                    break
+                except KafkaException as exc:
+                    if not exc.args[0].retriable() or attempt == TXN_COMMIT_ATTEMPTS_MAX:
+                        raise
+                    log.warning("retrying transaction commit: %s", exc, extra={"stage": runner.handler.name})
+            return True
+        except KafkaException as exc:
+            error = exc.args[0]
+            if not error.txn_requires_abort():
+                raise
+            log.warning("aborting transaction and re-reading the batch: %s", error,
+                        extra={"stage": runner.handler.name})
+            with runner.watchdog.guard("abort_transaction", timeout_s):
+                self.producer.abort_transaction(timeout_s)
+            runner.rewind()
+            runner.stats.aborted_transactions += 1
+            return False
+
+
+class AtLeastOnceCheckpoint(Checkpoint):
+    """At least once: records are produced at once; `commit` waits until the broker
+    acknowledged every one of them and only then stores the consumed offsets, which
+    librdkafka commits in the background. A crash in between redelivers the batches,
+    which idempotent stages absorb. Sink stages (no output topic: tracking) use this in
+    both modes: their effect is their own store, written before the offsets move, and a
+    transaction would only commit offsets at a higher price."""
+
+    def __init__(self, runner: "StageRunner") -> None:
+        super().__init__()
+        self.runner = runner
+        self.tracker = AckTracker()
+
+    def add_records(self, records: Sequence[tuple]) -> None:
+        if not records:
+            return
+        self.open()
+        for topic, key, value, headers in records:
+            produce_record(self.runner.producer, topic, key, value, headers, self.tracker)
+        self.record_count += len(records)
+
+    def commit(self) -> bool:
+        if self.record_count:
+            await_acks(self.runner.producer, self.tracker, self.runner.settings.runtime.produce_ack_timeout_s)
+        for role, consumer in self.runner.consumers_by_role().items():
+            offsets = self.offsets_of(role)
+            if not offsets:
+                continue
+            try:
+                consumer.store_offsets(offsets=offsets)
+            except KafkaException as exc:
+                # Typically a rebalance took the partitions away: the new owner re-reads
+                # the batch and, stages being idempotent, re-emits events with the same ids.
+                log.warning("storing offsets failed: %s", exc, extra={"stage": self.runner.handler.name})
+        return True
+
+
 class StageRunner:
     def __init__(
         self,
@@ -247,7 +409,10 @@ class StageRunner:
         self._stop = threading.Event()
         client_id = f"payorch-{handler.name}-{instance_id}"
         group_id = f"{settings.consumer_group_prefix}.{handler.name}"
-        self.transactional = settings.runtime.exactly_once
+        # A stage with outputs runs consume-transform-produce in transactions; a sink
+        # (tracking) writes only its own store and commits offsets after it (see
+        # AtLeastOnceCheckpoint), which gives it the same guarantee for less.
+        self.transactional = settings.runtime.exactly_once and self.output_topic is not None
         # A fatal client error (a static member fenced after the broker came back, a
         # fenced transactional producer) is reported only through this callback; a client
         # in that state never recovers, so the loop ends the process and its supervisor
@@ -256,6 +421,18 @@ class StageRunner:
         self.consumer: Consumer = make_consumer(settings, group_id, client_id, instance_id=instance_id,
                                                 transactional=self.transactional,
                                                 overrides={"error_cb": self._on_client_error})
+        retry_levels = settings.runtime.retry.levels
+        self.input_topics = [self.namer.topic(t, s) for t in self.tenants for s in handler.input_topics]
+        self.retry_topics = [self.namer.retry(t, s, level) for t in self.tenants for s in handler.input_topics
+                             for level in range(1, retry_levels + 1)]
+        # Retry topics are nearly always empty. Their own consumer (own group) long-polls
+        # them, so the main consumer's fetches carry only the input partitions: librdkafka
+        # has no incremental fetch sessions, and every fetch lists every partition.
+        self.retry_consumer: Consumer | None = None
+        if self.retry_topics:
+            self.retry_consumer = make_consumer(
+                settings, f"{group_id}.retry", f"{client_id}-retry", instance_id=instance_id,
+                transactional=self.transactional, role="retry", overrides={"error_cb": self._on_client_error})
         # One transactional id per stage instance: a restarted instance fences its own
         # zombie, and consumer-group metadata fences one that lost its partitions.
         self.producer: Producer = make_producer(
@@ -264,13 +441,18 @@ class StageRunner:
         self.watchdog = HangWatchdog(handler.name)
         if self.transactional:
             self._init_transactions(settings.runtime.produce_ack_timeout_s)
-        retry_levels = settings.runtime.retry.levels
-        self.input_topics = [self.namer.topic(t, s) for t in self.tenants for s in handler.input_topics]
-        self.input_topics += [self.namer.retry(t, s, level) for t in self.tenants for s in handler.input_topics
-                              for level in range(1, retry_levels + 1)]
         # Retry partitions paused until their head event is due: (topic, partition) -> monotonic time.
         self._paused: dict[tuple[str, int], float] = {}
         self._rng = random.Random()
+
+    def consumers_by_role(self) -> dict[str, Consumer]:
+        consumers = {"main": self.consumer}
+        if self.retry_consumer is not None:
+            consumers["retry"] = self.retry_consumer
+        return consumers
+
+    def new_checkpoint(self) -> Checkpoint:
+        return TransactionalCheckpoint(self) if self.transactional else AtLeastOnceCheckpoint(self)
 
     def _init_transactions(self, timeout_s: float) -> None:
         for attempt in range(1, INIT_TRANSACTIONS_ATTEMPTS_MAX + 1):
@@ -322,9 +504,10 @@ class StageRunner:
 
     def _hold_until_due(self, message: Message, due_at_ms: int) -> None:
         """Park a retry partition at its head event until that event is due."""
+        consumer = self.retry_consumer or self.consumer
         partition = TopicPartition(message.topic(), message.partition(), message.offset())
-        self.consumer.seek(partition)
-        self.consumer.pause([TopicPartition(message.topic(), message.partition())])
+        consumer.seek(partition)
+        consumer.pause([TopicPartition(message.topic(), message.partition())])
         wait_s = max(0.0, due_at_ms / 1000 - time.time())
         self._paused[(message.topic(), message.partition())] = time.monotonic() + wait_s
 
@@ -334,28 +517,22 @@ class StageRunner:
         now = time.monotonic()
         due = [key for key, resume_at in self._paused.items() if resume_at <= now]
         if due:
-            self.consumer.resume([TopicPartition(topic, partition) for topic, partition in due])
+            (self.retry_consumer or self.consumer).resume([TopicPartition(topic, partition) for topic, partition in due])
             for key in due:
                 del self._paused[key]
 
     def run(self) -> None:
         self.consumer.subscribe(self.input_topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
-        log.info("stage %s consuming %d topics", self.handler.name, len(self.input_topics),
-                 extra={"stage": self.handler.name})
+        if self.retry_consumer is not None:
+            self.retry_consumer.subscribe(self.retry_topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
+        log.info("stage %s consuming %d topics and %d retry topics", self.handler.name, len(self.input_topics),
+                 len(self.retry_topics), extra={"stage": self.handler.name})
         tick_interval_s = self.settings.runtime.tick_interval_ms / 1000
         next_tick = time.monotonic() + tick_interval_s
         next_report = time.monotonic() + STATS_REPORT_INTERVAL_S
         try:
             while not self._stop.is_set():
-                self.watchdog.beat()
-                if self._fatal_error is not None:
-                    raise FatalClientError(f"fatal Kafka client error, restarting the process: {self._fatal_error}")
-                messages = self.consumer.consume(
-                    num_messages=self.settings.runtime.batch_max_messages,
-                    timeout=self.settings.runtime.poll_timeout_ms / 1000,
-                )
-                if messages:
-                    self.process_batch(messages)
+                self.run_checkpoint()
                 self._resume_due()
                 if time.monotonic() >= next_tick:
                     self._run_tick()
@@ -366,6 +543,40 @@ class StageRunner:
         finally:
             self.close()
 
+    def _poll(self, timeout_s: float) -> list[Message]:
+        """The next batch: input messages (waiting up to `timeout_s`) plus any retry
+        messages the retry consumer has already fetched (never waiting for those)."""
+        self.watchdog.beat()
+        if self._fatal_error is not None:
+            raise FatalClientError(f"fatal Kafka client error, restarting the process: {self._fatal_error}")
+        batch_max = self.settings.runtime.batch_max_messages
+        messages = self.consumer.consume(num_messages=batch_max, timeout=timeout_s)
+        if self.retry_consumer is not None:
+            messages += self.retry_consumer.consume(num_messages=batch_max, timeout=0)
+        return messages
+
+    def run_checkpoint(self) -> None:
+        """Consume and handle batches into one checkpoint, then commit it.
+
+        The checkpoint is committed as soon as no more input arrives within the linger
+        (so an idle system answers in milliseconds), or once it is older than the commit
+        interval (so a loaded one pays one commit per interval, not one per batch).
+        """
+        runtime = self.settings.runtime
+        interval_s = runtime.commit_interval_ms / 1000
+        linger_s = runtime.commit_linger_ms / 1000
+        checkpoint = self.new_checkpoint()
+        messages = self._poll(runtime.poll_timeout_ms / 1000)
+        while messages:
+            self.process_batch(messages, checkpoint)
+            if checkpoint.age_s() >= interval_s:
+                break
+            messages = self._poll(min(linger_s, max(0.0, interval_s - checkpoint.age_s())))
+        if checkpoint.empty:
+            return
+        if checkpoint.commit():
+            self.stats.commits += 1
+
     def _report(self) -> None:
         """One line per interval with work done, so a slow stage shows itself in the logs."""
         stats = self.stats
@@ -373,29 +584,33 @@ class StageRunner:
         if batches == 0:
             return
         handled = stats.handled - stats.reported_handled
-        log.info("stage %s: %d events in %d batches (mean %.1f per batch, mean %.1f ms, max %.1f ms)",
-                 self.handler.name, handled, batches, handled / batches, stats.batch_ms_sum / batches,
+        commits = stats.commits - stats.reported_commits
+        log.info("stage %s: %d events in %d batches and %d commits (mean %.1f per batch, mean %.1f ms, max %.1f ms)",
+                 self.handler.name, handled, batches, commits, handled / batches, stats.batch_ms_sum / batches,
                  stats.batch_ms_max, extra={"stage": self.handler.name, "count": handled})
-        stats.reported_batches, stats.reported_handled = stats.batches, stats.handled
+        stats.reported_batches, stats.reported_handled, stats.reported_commits = stats.batches, stats.handled, stats.commits
         stats.batch_ms_sum = stats.batch_ms_max = 0.0
 
     def _run_tick(self) -> None:
         outputs = self.handler.tick(datetime.now(UTC))
         if not outputs:
             return
-        if self.transactional:
-            # Timer outputs have no input offsets to redeliver them: the stage keeps them
-            # until `published` confirms them, and re-emits them on the next tick.
-            if not self._commit_transaction(outputs, [], []):
-                return
-        else:
-            self._publish_outputs(outputs)
+        # Timer outputs have no input offsets to redeliver them: the stage keeps them
+        # until `published` confirms them, and re-emits them on the next tick.
+        checkpoint = self.new_checkpoint()
+        checkpoint.add_records(self._output_records(outputs))
+        if not checkpoint.commit():
+            return
         self.stats.produced += len(outputs)
         confirm = getattr(self.handler, "published", None)
         if confirm is not None:
             confirm(outputs)
 
-    def process_batch(self, messages: list[Message]) -> None:
+    def process_batch(self, messages: list[Message], checkpoint: Checkpoint | None = None) -> None:
+        """Handle one consumed batch into `checkpoint` (or into its own, committed at once)."""
+        own_checkpoint = checkpoint is None
+        if own_checkpoint:
+            checkpoint = self.new_checkpoint()
         started = time.perf_counter()
         events: list[Event] = []
         sources: list[Message] = []
@@ -403,6 +618,7 @@ class StageRunner:
         # Retry partitions whose head is not due: (topic, partition) -> first offset left unread.
         held: dict[tuple[str, int], int] = {}
         now_ms = int(time.time() * 1000)
+        wanted = self.handler.input_event_types
         for message in messages:
             error = message.error()
             if error is not None:
@@ -415,18 +631,18 @@ class StageRunner:
             where = (message.topic(), message.partition())
             if where in held:
                 continue
+            headers = message.headers() or ()
             if retries.is_retry_topic(message.topic()):
-                if header_value(message, retries.H_STAGE) != self.handler.name:
+                if _header(headers, retries.H_STAGE) != self.handler.name:
                     self.stats.skipped += 1  # another stage's retry
                     continue
-                due_at_ms = int(header_value(message, retries.H_DUE_AT_MS) or 0)
+                due_at_ms = int(_header(headers, retries.H_DUE_AT_MS) or 0)
                 if due_at_ms > now_ms:
                     held[where] = message.offset()
                     self._hold_until_due(message, due_at_ms)
                     continue
             self.stats.consumed += 1
-            wanted = self.handler.input_event_types
-            if wanted is not None and header_value(message, HEADER_EVENT_TYPE) not in wanted:
+            if wanted is not None and _header(headers, HEADER_EVENT_TYPE) not in wanted:
                 self.stats.skipped += 1
                 continue
             try:
@@ -438,16 +654,10 @@ class StageRunner:
         retry_due: list[tuple[Message, str, str, datetime | None]] = []
         outputs = self._decide(events, sources, poison, retry_due)
         retry_records = self._retry_records(retry_due, poison)
-        offsets = self._next_offsets(messages, held)
-        if self.transactional:
-            if not self._commit_transaction(outputs, poison, offsets, retry_records):
-                return  # aborted and rewound: the batch is consumed again
-        else:
-            if poison or retry_records:
-                self._publish_records(self._dead_letter_records(poison) + retry_records)
-            if outputs:
-                self._publish_outputs(outputs)
-            self._store_offsets(offsets)
+        checkpoint.add_records(self._dead_letter_records(poison) + retry_records + self._output_records(outputs))
+        checkpoint.add_offsets(self._next_offsets(messages, held))
+        if own_checkpoint and not checkpoint.commit():
+            return  # aborted and rewound: the batch is consumed again
         self.stats.dead_lettered += len(poison)
         self.stats.retried += len(retry_records)
         self.stats.produced += len(outputs)
@@ -458,11 +668,11 @@ class StageRunner:
         self.stats.batch_ms_max = max(self.stats.batch_ms_max, self.stats.last_batch_ms)
 
     def _decode(self, message: Message):
-        """A stage that reads another schema family than payment events (the settlement
-        cycle events, say) decodes its messages itself; everything else is a payment event."""
-        decode = getattr(self.handler, "decode", None)
+        """A stage that reads more than payment events, or reads them without decoding
+        every body (tracking), decodes its messages itself; the rest get payment events."""
+        decode = getattr(self.handler, "decode_message", None)
         if decode is not None:
-            return decode(message.value() or b"", header_value(message, HEADER_EVENT_TYPE))
+            return decode(message)
         return self.codec.decode(message.value() or b"")
 
     def _decide(self, events: list[Event], sources: list[Message], poison: list, retry_due: list) -> list[Event]:
@@ -538,15 +748,6 @@ class StageRunner:
                 "tenant_id": header_value(message, HEADER_TENANT_ID)})
         return records
 
-    def _publish_outputs(self, outputs: list[Event]) -> None:
-        self._publish_records(self._output_records(outputs))
-
-    def _publish_records(self, records: list[tuple]) -> None:
-        tracker = AckTracker()
-        for topic, key, value, headers in records:
-            produce_record(self.producer, topic, key, value, headers, tracker)
-        await_acks(self.producer, tracker, self.settings.runtime.produce_ack_timeout_s)
-
     def _dead_letter_records(self, poison: list[tuple[Message, Exception]]) -> list[tuple]:
         """(topic, key, value, headers) for each poison message: original bytes plus why."""
         failed_at = datetime.now(UTC).isoformat()
@@ -591,62 +792,16 @@ class StageRunner:
                             self.codec.encode(event), event_headers(event, self.codec.writer.version)))
         return records
 
-    def _commit_transaction(self, outputs: list[Event], poison: list, offsets: list[TopicPartition],
-                            retry_records: list[tuple] = ()) -> bool:
-        """Outputs, dead letters and consumed offsets in one Kafka transaction.
-
-        Returns False when the transaction had to be aborted; the consumer is then
-        rewound to the last committed offsets and the batch is handled again (stages
-        are idempotent, and read_committed consumers never saw the aborted outputs).
-        Retriable commit errors are retried; fatal ones (a fenced zombie instance,
-        say) propagate and end the process, as librdkafka's transaction docs require.
-        """
-        timeout_s = self.settings.runtime.produce_ack_timeout_s
-        records = self._dead_letter_records(poison) + list(retry_records) + self._output_records(outputs)
-        try:
-            self.producer.begin_transaction()
-            tracker = AckTracker()
-            for topic, key, value, headers in records:
-                produce_record(self.producer, topic, key, value, headers, tracker)
-            if offsets:
-                with self.watchdog.guard("send_offsets_to_transaction", timeout_s):
-                    self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(),
-                                                              timeout_s)
-            hold_s = self.settings.runtime.drill_hold_transaction_s
-            if hold_s and records:
-                log.warning("drill: holding a transaction of %d records open for %.1f s", len(records), hold_s,
-                            extra={"stage": self.handler.name})
-                time.sleep(hold_s)
-            for attempt in range(1, TXN_COMMIT_ATTEMPTS_MAX + 1):
-                try:
-                    with self.watchdog.guard("commit_transaction", timeout_s):
-                        self.producer.commit_transaction(timeout_s)
-                    break
-                except KafkaException as exc:
-                    if not exc.args[0].retriable() or attempt == TXN_COMMIT_ATTEMPTS_MAX:
-                        raise
-                    log.warning("retrying transaction commit: %s", exc, extra={"stage": self.handler.name})
-            return True
-        except KafkaException as exc:
-            error = exc.args[0]
-            if not error.txn_requires_abort():
-                raise
-            log.warning("aborting transaction and re-reading the batch: %s", error, extra={"stage": self.handler.name})
-            with self.watchdog.guard("abort_transaction", timeout_s):
-                self.producer.abort_transaction(timeout_s)
-            self._rewind()
-            self.stats.aborted_transactions += 1
-            return False
-
-    def _rewind(self) -> None:
-        """Seek every assigned partition back to its committed offset."""
-        assignment = self.consumer.assignment()
-        if not assignment:
-            return
-        for partition in self.consumer.committed(assignment, timeout=self.settings.runtime.produce_ack_timeout_s):
-            if partition.offset < 0:
-                partition.offset = OFFSET_BEGINNING
-            self.consumer.seek(partition)
+    def rewind(self) -> None:
+        """Seek every assigned partition of both consumers back to its committed offset."""
+        for consumer in self.consumers_by_role().values():
+            assignment = consumer.assignment()
+            if not assignment:
+                continue
+            for partition in consumer.committed(assignment, timeout=self.settings.runtime.produce_ack_timeout_s):
+                if partition.offset < 0:
+                    partition.offset = OFFSET_BEGINNING
+                consumer.seek(partition)
 
     @staticmethod
     def _next_offsets(messages: list[Message], held: dict[tuple[str, int], int] | None = None) -> list[TopicPartition]:
@@ -660,23 +815,13 @@ class StageRunner:
                 next_offsets[key] = max(next_offsets.get(key, 0), message.offset() + 1)
         return [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
 
-    def _store_offsets(self, offsets: list[TopicPartition]) -> None:
-        """At-least-once mode: mark the batch consumed; librdkafka commits in the background."""
-        if not offsets:
-            return
-        try:
-            self.consumer.store_offsets(offsets=offsets)
-        except KafkaException as exc:
-            # Typically a rebalance took the partitions away: the new owner re-reads the
-            # batch and, stages being idempotent, re-emits events with the same ids.
-            log.warning("storing offsets failed: %s", exc, extra={"stage": self.handler.name})
-
     def close(self) -> None:
         try:
             self.producer.flush(self.settings.runtime.shutdown_timeout_s)
         finally:
             try:
-                self.consumer.close()
+                for consumer in self.consumers_by_role().values():
+                    consumer.close()
             finally:
                 self.handler.close()
         log.info("stage %s stopped: consumed=%d handled=%d produced=%d retried=%d dead_lettered=%d",

@@ -25,6 +25,16 @@ import orjson
 from orchestrator.cycle_events import CycleEvent, CycleEventCodec
 from orchestrator.domain import Payment, payment_from_record, payment_to_record
 from orchestrator.events import Event, EventCodec
+from orchestrator.wire import (
+    HEADER_CAUSATION_ID,
+    HEADER_CORRELATION_ID,
+    HEADER_EVENT_ID,
+    HEADER_EVENT_TYPE,
+    HEADER_OCCURRED_AT,
+    HEADER_REGION,
+    HEADER_STAGE,
+    HEADER_TENANT_ID,
+)
 from orchestrator.stages.base import Stage
 from orchestrator.storage import open_sqlite, transaction
 from orchestrator.topics import STAGE_TOPICS
@@ -66,8 +76,86 @@ def next_status(current: str | None, event_type: str) -> str | None:
     return None
 
 
+# Event types whose body tracking needs at once: the payment's facts (received,
+# initiated), its rail (routed) and the reason of a refusal or hold. Every other event
+# is recorded from its Kafka headers and its bytes; its details are read from the
+# bytes when someone asks for the timeline, which is rare next to writing it.
+_DECODED_AT_ONCE = frozenset({"PaymentReceived", "PaymentInitiated", "PaymentRouted", "PaymentRejected",
+                              "PaymentFailed", "PaymentHeld"})
+_ENVELOPE_HEADERS = (HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_OCCURRED_AT, HEADER_CORRELATION_ID,
+                     HEADER_TENANT_ID, HEADER_STAGE, HEADER_REGION)
+
+
+class TrackedEvent:
+    """A payment event as tracking records it: the envelope facts, the bytes, and the
+    decoded event, which is decoded only when something reads it."""
+
+    __slots__ = ("event_id", "event_type", "occurred_at", "correlation_id", "causation_id", "tenant_id",
+                 "stage", "region", "body", "_event", "_codec")
+
+    def __init__(self, *, event_id: str, event_type: str, occurred_at: str, correlation_id: str,
+                 causation_id: str | None, tenant_id: str, stage: str, region: str, body: bytes | None,
+                 event: Event | None = None, codec: EventCodec | None = None) -> None:
+        self.event_id, self.event_type, self.occurred_at = event_id, event_type, occurred_at
+        self.correlation_id, self.causation_id, self.tenant_id = correlation_id, causation_id, tenant_id
+        self.stage, self.region, self.body = stage, region, body
+        self._event, self._codec = event, codec
+
+    @classmethod
+    def of(cls, event: Event, body: bytes | None = None) -> "TrackedEvent":
+        return cls(event_id=event.event_id, event_type=event.event_type, occurred_at=event.occurred_at.isoformat(),
+                   correlation_id=event.correlation_id, causation_id=event.causation_id, tenant_id=event.tenant_id,
+                   stage=event.stage, region=event.region, body=body, event=event)
+
+    @classmethod
+    def from_message(cls, value: bytes, headers: dict[str, str], codec: EventCodec) -> "TrackedEvent":
+        """From the headers alone where the producer wrote the whole envelope into them
+        (and the type needs no payload now); otherwise by decoding the body at once."""
+        if headers.get(HEADER_EVENT_TYPE) in _DECODED_AT_ONCE or any(h not in headers for h in _ENVELOPE_HEADERS):
+            # Older producers wrote fewer headers; decoding also checks the bytes.
+            return cls.of(codec.decode(value), value)
+        codec.writer_version_of(value)  # an unknown schema is a poison message now, not at query time
+        return cls(event_id=headers[HEADER_EVENT_ID], event_type=headers[HEADER_EVENT_TYPE],
+                   occurred_at=headers[HEADER_OCCURRED_AT], correlation_id=headers[HEADER_CORRELATION_ID],
+                   causation_id=headers.get(HEADER_CAUSATION_ID), tenant_id=headers[HEADER_TENANT_ID],
+                   stage=headers[HEADER_STAGE], region=headers[HEADER_REGION], body=value, codec=codec)
+
+    @property
+    def payment_id(self) -> str:
+        # The correlation id is the payment id for the payment's whole life.
+        return self.correlation_id
+
+    @property
+    def event(self) -> Event:
+        if self._event is None:
+            self._event = self._codec.decode(self.body)
+        return self._event
+
+    @property
+    def decoded(self) -> bool:
+        return self._event is not None
+
+    def log_context(self) -> dict[str, str]:
+        return {"payment_id": self.payment_id, "correlation_id": self.correlation_id, "tenant_id": self.tenant_id,
+                "event_id": self.event_id, "event_type": self.event_type}
+
+
+def timeline_details(payload: dict) -> dict:
+    """The business facts of an event shown in its timeline entry (never account data)."""
+    return {k: payload[k] for k in _TIMELINE_DETAIL_FIELDS if payload.get(k) is not None}
+
+
+# Payments whose current status tracking remembers in memory, so recording an event
+# needs no read; past this many the memory is emptied and refilled from the store.
+_STATUS_CACHE_MAX = 200_000
+
+
 class TrackingStore:
-    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+    def __init__(self, path: Path, *, read_only: bool = False, codec: EventCodec | None = None) -> None:
+        # Reads a timeline row's bytes for its details; the default knows every schema in schemas/.
+        self._codec = codec
+        self._statuses: dict[str, str] = {}
+        self._snapshotted: set[str] = set()
         if not read_only:
             self.db = open_sqlite(path)
             self.db.executescript(
@@ -80,7 +168,7 @@ class TrackingStore:
                 CREATE TABLE IF NOT EXISTS timeline (
                   event_id TEXT PRIMARY KEY, payment_id TEXT NOT NULL, stage TEXT NOT NULL,
                   event_type TEXT NOT NULL, occurred_at TEXT NOT NULL, correlation_id TEXT NOT NULL,
-                  causation_id TEXT, region TEXT NOT NULL, details TEXT NOT NULL);
+                  causation_id TEXT, region TEXT NOT NULL, details TEXT NOT NULL, body BLOB);
                 CREATE INDEX IF NOT EXISTS timeline_by_payment ON timeline (payment_id, occurred_at);
                 -- The payment as its latest event carried it, for statements and
                 -- notifications (camt.054); served only to the payment's own tenant.
@@ -105,54 +193,121 @@ class TrackingStore:
                   ON reconciliation_exceptions (tenant_id, cycle_id);
                 """
             )
+            # A store written before timeline rows kept their event's bytes.
+            columns = {row["name"] for row in self.db.execute("PRAGMA table_info(timeline)")}
+            if "body" not in columns:
+                self.db.execute("ALTER TABLE timeline ADD COLUMN body BLOB")
         else:
             self.db = open_sqlite(path, read_only=True)
 
-    def record(self, events: Sequence[Event]) -> None:
+    def record(self, events: Sequence[Event | TrackedEvent]) -> None:
+        """Record a batch in one transaction: one timeline row per new event, and each
+        payment's status row written once per batch, only when the batch moved it."""
+        tracked = [e if isinstance(e, TrackedEvent) else TrackedEvent.of(e) for e in events]
+        changes: dict[str, dict] = {}  # payment id -> its status row as this batch leaves it
         with transaction(self.db):
-            for event in events:
-                details = {k: event.payload[k] for k in _TIMELINE_DETAIL_FIELDS if event.payload.get(k) is not None}
+            for event in tracked:
+                details = "{}" if event.body is not None else orjson.dumps(
+                    timeline_details(event.event.payload), default=str).decode()
                 inserted = self.db.execute(
-                    "INSERT OR IGNORE INTO timeline VALUES (?,?,?,?,?,?,?,?,?)",
-                    (event.event_id, event.payment_id, event.stage, event.event_type,
-                     event.occurred_at.isoformat(), event.correlation_id, event.causation_id, event.region,
-                     orjson.dumps(details, default=str).decode()),
+                    "INSERT OR IGNORE INTO timeline VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (event.event_id, event.payment_id, event.stage, event.event_type, event.occurred_at,
+                     event.correlation_id, event.causation_id, event.region, details, event.body),
                 ).rowcount
                 if not inserted:
                     continue
                 self._snapshot(event)
-                row = self.db.execute("SELECT status FROM payments WHERE payment_id=?", (event.payment_id,)).fetchone()
-                status = next_status(row["status"] if row else None, event.event_type)
-                if status is None:
-                    continue
-                reason = (event.payload.get("reason_code"), event.payload.get("iso_reason_code"),
-                          event.payload.get("reason_detail")) if status in ("REJECTED", "FAILED", "HELD") else (None, None, None)
-                payment = event.payment
-                self.db.execute(
-                    "INSERT INTO payments VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (payment_id) DO UPDATE SET"
-                    " status=excluded.status, reason_code=excluded.reason_code,"
-                    " iso_reason_code=excluded.iso_reason_code, reason_detail=excluded.reason_detail,"
-                    " updated_at=excluded.updated_at",
-                    (event.payment_id, event.tenant_id, status, *reason, payment.end_to_end_id,
-                     payment.amount_minor, payment.currency, event.occurred_at.isoformat()),
-                )
+                self._note_status(event, changes)
+            for payment_id, row in changes.items():
+                self._write_status(payment_id, row)
 
-    def _snapshot(self, event: Event) -> None:
+    def _current_status(self, payment_id: str) -> str | None:
+        if payment_id in self._statuses:
+            return self._statuses[payment_id]
+        row = self.db.execute("SELECT status FROM payments WHERE payment_id=?", (payment_id,)).fetchone()
+        return row["status"] if row else None
+
+    def _note_status(self, event: TrackedEvent, changes: dict[str, dict]) -> None:
+        current = changes[event.payment_id]["status"] if event.payment_id in changes else \
+            self._current_status(event.payment_id)
+        facts = None
+        if event.decoded or event.event_type in _DECODED_AT_ONCE:
+            payment = event.event.payment
+            facts = (payment.end_to_end_id, payment.amount_minor, payment.currency)
+        status = next_status(current, event.event_type)
+        if status is None and facts is None:
+            return
+        row = changes.setdefault(event.payment_id, {"status": current, "tenant_id": event.tenant_id,
+                                                    "reason": (None, None, None), "facts": None,
+                                                    "updated_at": event.occurred_at, "moved": False})
+        row["facts"] = row["facts"] or facts
+        if status is not None:
+            payload = event.event.payload if status in ("REJECTED", "FAILED", "HELD") else {}
+            row.update(status=status, updated_at=event.occurred_at, moved=True,
+                       reason=(payload.get("reason_code"), payload.get("iso_reason_code"), payload.get("reason_detail")))
+
+    def _write_status(self, payment_id: str, row: dict) -> None:
+        facts = row["facts"] or (None, None, None)
+        if row["moved"]:
+            self.db.execute(
+                "INSERT INTO payments VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (payment_id) DO UPDATE SET"
+                " status=excluded.status, reason_code=excluded.reason_code,"
+                " iso_reason_code=excluded.iso_reason_code, reason_detail=excluded.reason_detail,"
+                " updated_at=excluded.updated_at, end_to_end_id=coalesce(end_to_end_id, excluded.end_to_end_id),"
+                " amount_minor=coalesce(amount_minor, excluded.amount_minor),"
+                " currency=coalesce(currency, excluded.currency)",
+                (payment_id, row["tenant_id"], row["status"], *row["reason"], *facts, row["updated_at"]),
+            )
+            if len(self._statuses) >= _STATUS_CACHE_MAX:
+                self._statuses.clear()
+            self._statuses[payment_id] = row["status"]
+        elif row["facts"]:
+            # An event that carries the payment's facts reached us after one that
+            # created its row from headers alone.
+            self.db.execute("UPDATE payments SET end_to_end_id=coalesce(end_to_end_id, ?),"
+                            " amount_minor=coalesce(amount_minor, ?), currency=coalesce(currency, ?)"
+                            " WHERE payment_id=? AND end_to_end_id IS NULL", (*facts, payment_id))
+
+    def _has_snapshot(self, payment_id: str) -> bool:
+        if payment_id in self._snapshotted:
+            return True
+        if self.db.execute("SELECT 1 FROM payment_snapshots WHERE payment_id=?", (payment_id,)).fetchone():
+            self._remember_snapshot(payment_id)
+            return True
+        return False
+
+    def _remember_snapshot(self, payment_id: str) -> None:
+        if len(self._snapshotted) >= _STATUS_CACHE_MAX:
+            self._snapshotted.clear()
+        self._snapshotted.add(payment_id)
+
+    def _snapshot(self, event: TrackedEvent) -> None:
         # The payment only changes at initiation (normalisation); every later event
         # carries that same payment, so it is serialised on first sight and on
         # PaymentInitiated, not on each of a payment's ~9 events.
-        rail = event.payload.get("rail")
-        settled_at = event.occurred_at.isoformat() if event.event_type == "PaymentSettled" else None
-        if event.event_type == "PaymentInitiated" or not self.db.execute(
-                "SELECT 1 FROM payment_snapshots WHERE payment_id=?", (event.payment_id,)).fetchone():
+        settled_at = event.occurred_at if event.event_type == "PaymentSettled" else None
+        rail = event.event.payload.get("rail") if event.decoded else None
+        if event.event_type == "PaymentInitiated" or (
+                (event.decoded or settled_at) and not self._has_snapshot(event.payment_id)):
             self.db.execute(
                 "INSERT INTO payment_snapshots VALUES (?,?,?,?) ON CONFLICT (payment_id) DO UPDATE SET"
                 " payment=excluded.payment, rail=coalesce(excluded.rail, rail),"
                 " settled_at=coalesce(excluded.settled_at, settled_at)",
-                (event.payment_id, orjson.dumps(payment_to_record(event.payment)).decode(), rail, settled_at))
+                (event.payment_id, orjson.dumps(payment_to_record(event.event.payment)).decode(), rail, settled_at))
+            self._remember_snapshot(event.payment_id)
         elif rail is not None or settled_at is not None:
             self.db.execute("UPDATE payment_snapshots SET rail=coalesce(?, rail), settled_at=coalesce(?, settled_at)"
                             " WHERE payment_id=?", (rail, settled_at, event.payment_id))
+
+    def _details(self, row) -> dict:
+        """A timeline row's details: from its event's bytes where it kept them."""
+        body = row["body"] if "body" in row.keys() else None
+        if body is None:
+            return orjson.loads(row["details"])
+        if self._codec is None:
+            from orchestrator.settings import get_settings
+            self._codec = EventCodec(get_settings().schemas_dir)
+        return timeline_details(self._codec.decode(body).payload)
 
     def snapshot(self, payment_id: str) -> tuple[Payment, str | None, str | None] | None:
         """(payment, rail, settled_at) as last seen, or None."""
@@ -169,7 +324,7 @@ class TrackingStore:
             {
                 "stage": t["stage"], "event_type": t["event_type"], "occurred_at": t["occurred_at"],
                 "event_id": t["event_id"], "correlation_id": t["correlation_id"], "causation_id": t["causation_id"],
-                "region": t["region"], **orjson.loads(t["details"]),
+                "region": t["region"], **self._details(t),
             }
             for t in self.db.execute("SELECT * FROM timeline WHERE payment_id=? ORDER BY occurred_at, rowid",
                                      (payment_id,))
@@ -272,21 +427,29 @@ class TrackingStage(Stage):
 
     def __init__(self, tenants, region: str, data_dir: Path, *, codec: EventCodec, cycle_codec: CycleEventCodec) -> None:
         super().__init__(tenants, region)
-        self.store = TrackingStore(data_dir / "tracking.sqlite")
+        self.store = TrackingStore(data_dir / "tracking.sqlite", codec=codec)
         self.codec = codec
         self.cycle_codec = cycle_codec
 
-    def decode(self, value: bytes, event_type: str | None) -> Event | CycleEvent:
+    def decode_message(self, message) -> TrackedEvent | CycleEvent:
         """Payment events and cycle events arrive on the same consumer. The writer
         schema's fingerprint says which family wrote the bytes, so a cycle event is
         recognised even with a missing or wrong `event_type` header (whose mismatch
         with the payload the codec then refuses)."""
+        value = message.value() or b""
+        if self.cycle_codec.knows(value):
+            return self.cycle_codec.decode(value)
+        headers = {key: raw.decode("utf-8", "replace") for key, raw in message.headers() or () if raw is not None}
+        return TrackedEvent.from_message(value, headers, self.codec)
+
+    def decode(self, value: bytes, event_type: str | None = None) -> Event | CycleEvent:
+        """Bytes alone (no headers): a cycle event, or a fully decoded payment event."""
         if self.cycle_codec.knows(value):
             return self.cycle_codec.decode(value)
         return self.codec.decode(value)
 
-    def handle_batch(self, events: Sequence[Event | CycleEvent], now: datetime) -> list[Event]:
-        payment_events = [event for event in events if isinstance(event, Event)]
+    def handle_batch(self, events: Sequence[Event | TrackedEvent | CycleEvent], now: datetime) -> list[Event]:
+        payment_events = [event for event in events if isinstance(event, (Event, TrackedEvent))]
         cycle_events = [event for event in events if isinstance(event, CycleEvent)]
         if payment_events:
             self.store.record(payment_events)

@@ -74,9 +74,11 @@ def route(stage, message):
     return outputs, run._retry_records(retry_due, poison), poison
 
 
-def test_runner_subscribes_to_the_retry_levels_of_its_inputs():
-    assert runner(ScriptedStage(lambda e: [])).input_topics == [
-        ORIGIN, ORIGIN + ".retry.1", ORIGIN + ".retry.2"]
+def test_runner_subscribes_to_the_retry_levels_of_its_inputs_with_a_consumer_of_their_own():
+    run = runner(ScriptedStage(lambda e: []))
+    assert run.input_topics == [ORIGIN]
+    assert run.retry_topics == [ORIGIN + ".retry.1", ORIGIN + ".retry.2"]
+    assert set(run.consumers_by_role()) == {"main", "retry"}
 
 
 def test_a_transient_exception_goes_to_retry_level_1_with_its_headers_and_original_bytes():

@@ -4,11 +4,14 @@ import itertools
 from datetime import UTC, datetime
 
 from orchestrator.cycle_events import CycleEventCodec
-from orchestrator.events import EventCodec
+import pytest
+
+from orchestrator.events import EventCodec, UndecodableEvent
 from orchestrator.settings import REPO_ROOT
 from orchestrator.stages.initiation import InitiationStage
 from orchestrator.stages.settlement import SettlementStage, cycle_of
-from orchestrator.stages.tracking import TERMINAL_STATUSES, TrackingStore, next_status
+from orchestrator.stages.tracking import TERMINAL_STATUSES, TrackedEvent, TrackingStore, next_status
+from orchestrator.wire import HEADER_STAGE, event_headers
 from tests.unit.stage_fixtures import ALLOW, CLEAR, TENANTS, at, follow, received
 
 CODEC = EventCodec(REPO_ROOT / "schemas")
@@ -58,6 +61,38 @@ def test_any_delivery_order_ends_settled_with_one_timeline_entry_per_event(tmp_p
                                                             "ledger", "execution", "settlement"}
         assert {t["correlation_id"] for t in record["timeline"]} == {events[0].payment_id}
         store.close()
+
+
+def wire_form(event, drop: str | None = None) -> tuple[bytes, dict[str, str]]:
+    """The event as a consumer receives it: its bytes and its headers."""
+    headers = {key: value.decode() for key, value in event_headers(event, CODEC.writer.version) if key != drop}
+    return CODEC.encode(event), headers
+
+
+def test_events_recorded_from_their_headers_match_events_recorded_decoded(tmp_path):
+    events = journey()
+    from_wire = [TrackedEvent.from_message(*wire_form(e), CODEC) for e in events]
+    # Only the payment's facts, its rail and refusals are decoded while recording.
+    assert {e.event_type for e in from_wire if e.decoded} == {"PaymentReceived", "PaymentInitiated", "PaymentRouted"}
+    by_headers = TrackingStore(tmp_path / "wire.sqlite", codec=CODEC)
+    by_headers.record(list(reversed(from_wire)))
+    decoded = TrackingStore(tmp_path / "decoded.sqlite", codec=CODEC)
+    decoded.record(list(reversed(events)))
+    assert by_headers.get(events[0].payment_id) == decoded.get(events[0].payment_id)
+    assert by_headers.get(events[0].payment_id)["status"] == "SETTLED"
+    assert by_headers.snapshot(events[0].payment_id)[1:] == decoded.snapshot(events[0].payment_id)[1:]
+    # The details of a header-only entry come from its bytes at query time.
+    executed = next(t for t in by_headers.get(events[0].payment_id)["timeline"] if t["event_type"] == "PaymentExecuted")
+    assert executed["clearing_status"] == "ACSC" and executed["rail"] == "sepa_inst"
+
+
+def test_an_event_without_the_envelope_headers_is_decoded_and_a_bad_body_refused(tmp_path):
+    screened = journey()[2]
+    older_producer = TrackedEvent.from_message(*wire_form(screened, drop=HEADER_STAGE), CODEC)
+    assert older_producer.decoded and older_producer.stage == "sanctions"
+    value, headers = wire_form(screened)
+    with pytest.raises(UndecodableEvent):
+        TrackedEvent.from_message(b"\xc3\x01" + b"\x00" * 8 + value[10:], headers, CODEC)
 
 
 def test_rejection_reason_is_kept(tmp_path):
