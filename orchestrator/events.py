@@ -75,6 +75,10 @@ class Event:
     payload: dict[str, Any] = field(default_factory=dict)
     # Wire metadata filled by the codec; two events are the same event whatever wrote them.
     schema_version: int = field(default=0, compare=False)
+    # The bytes this event was decoded from or last encoded to: a stage that stores an
+    # event, and the runtime that then produces it, encode it once between them. Never
+    # copied by dataclasses.replace (init=False), so a changed event is encoded anew.
+    wire: bytes | None = field(default=None, init=False, compare=False, repr=False)
 
     @property
     def payment_id(self) -> str:
@@ -251,6 +255,13 @@ class EventCodec(SchemaFamily):
         return self._versions[version].parsed
 
     def encode(self, event: Event) -> bytes:
+        if event.wire is not None and event.wire[2:_HEADER_BYTES] == self.writer.fingerprint:
+            return event.wire
+        data = self._encode(event)
+        object.__setattr__(event, "wire", data)
+        return data
+
+    def _encode(self, event: Event) -> bytes:
         record = {
             "event_id": event.event_id,
             "event_type": event.event_type,
@@ -274,7 +285,7 @@ class EventCodec(SchemaFamily):
         _, payload = split_union(record["payload"])
         event_type = record["event_type"]
         occurred_at = record["occurred_at"]
-        return Event(
+        event = Event(
             event_id=str(record["event_id"]),
             event_type=event_type,
             occurred_at=occurred_at if occurred_at.tzinfo else occurred_at.replace(tzinfo=UTC),
@@ -288,6 +299,8 @@ class EventCodec(SchemaFamily):
             payload=payload,
             schema_version=version,
         )
+        object.__setattr__(event, "wire", data)
+        return event
 
 
 def split_union(value: Any) -> tuple[str, dict]:

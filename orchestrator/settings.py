@@ -73,12 +73,11 @@ class RuntimeSettings(BaseModel):
     # enough to amortise the flush and commit, small enough to keep latency in ms.
     batch_max_messages: int = Field(default=500, ge=1, le=10_000)
     poll_timeout_ms: int = Field(default=50, ge=1, le=5_000)
-    # A checkpoint (one Kafka transaction) spans the batches consumed within this long,
-    # so a loaded stage pays one commit per interval instead of one per batch; it commits
-    # earlier as soon as no input arrives within the linger, so a quiet one adds at most
-    # the linger per hop. Kafka Streams commits exactly-once every 100 ms.
-    commit_interval_ms: int = Field(default=50, ge=0, le=10_000)
-    commit_linger_ms: int = Field(default=2, ge=0, le=1_000)
+    # A checkpoint (one Kafka transaction) spans the batches consumed within this long
+    # from its first message: a loaded stage pays one commit per interval instead of one
+    # per event, and a quiet one adds at most the interval to each hop. (Kafka Streams
+    # commits exactly-once every 100 ms; instant payments want less per hop.)
+    commit_interval_ms: int = Field(default=10, ge=0, le=10_000)
     # How often stages with timers (routing's verdict timeout, settlement cycles) run them.
     tick_interval_ms: int = Field(default=500, ge=10, le=60_000)
     # Bound on waiting for the broker to acknowledge a batch before the batch is retried.

@@ -89,19 +89,17 @@ class Supervisor:
         return bootstrap
 
     def rail_urls(self, tenants) -> dict[str, str]:
-        """One clearing simulator per rail, on consecutive ports from the configured one."""
-        rails = sorted(rail.name for tenant in tenants.values() for rail in tenant.rails)
-        host, first = self.settings.clearing.simulator_host, self.settings.clearing.simulator_port
-        return {rail: f"http://{host}:{first + index}" for index, rail in enumerate(rails)}
+        """Every rail on the one clearing simulator (its paths name the rail)."""
+        host, port = self.settings.clearing.simulator_host, self.settings.clearing.simulator_port
+        return {rail.name: f"http://{host}:{port}" for tenant in tenants.values() for rail in tenant.rails}
 
     def plan_children(self, rail_urls: dict[str, str]) -> None:
         python = sys.executable
         cli = [python, "-m", "orchestrator.cli"]
-        self.children = [
-            Child(f"clearing-sim-{rail}", [*cli, "clearing-sim", "--rail", rail, "--port", url.rsplit(":", 1)[1]],
-                  self.log_dir / f"clearing-sim-{rail}.log")
-            for rail, url in rail_urls.items()
-        ]
+        # One simulator process for all rails: it waits on asyncio timers, not threads, so
+        # a slow rail does not hold up another, and one process idles for nine.
+        port = str(self.settings.clearing.simulator_port)
+        self.children = [Child("clearing-sim", [*cli, "clearing-sim", "--port", port], self.log_dir / "clearing-sim.log")]
         self.children += [Child(stage, [*cli, "run", stage], self.log_dir / f"{stage}.log") for stage in STAGE_NAMES]
         self.children.append(Child("intake", [*cli, "intake"], self.log_dir / "intake.log"))
 

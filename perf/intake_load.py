@@ -76,6 +76,7 @@ def self_contained(args: argparse.Namespace) -> None:
                 "PAYORCH_CLEARING__BASE_URL": f"http://127.0.0.1:{sim_port}",
                 "PAYORCH_LOG_LEVEL": "WARNING",
                 "PAYORCH_RUNTIME__EXACTLY_ONCE": "false" if args.at_least_once else "true"})
+    env.update(dict(setting.split("=", 1) for setting in args.set))
     mode = "at-least-once" if args.at_least_once else "exactly-once (Kafka transactions)"
     print(f"starting payorch up in {work}, stages {mode} ...", flush=True)
     up = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "up"], cwd=REPO_ROOT, env=env,
@@ -123,7 +124,11 @@ def main() -> None:
                         help="self-contained mode: stages without Kafka transactions (idempotent, at least once)")
     parser.add_argument("--warmup", type=float, default=WARMUP_DURATION_S_DEFAULT,
                         help="seconds of unmeasured load first (self-contained mode)")
+    parser.add_argument("--set", action="append", default=[], metavar="PAYORCH_X=VALUE",
+                        help="self-contained mode: a setting for the stack, e.g. PAYORCH_RUNTIME__COMMIT_INTERVAL_MS=25")
     args = parser.parse_args()
+    if any(not s.startswith("PAYORCH_") or "=" not in s for s in args.set):
+        parser.error("--set takes PAYORCH_NAME=VALUE")
     if not 0 < args.rate <= 20_000 or not 0 < args.duration <= 3_600:
         parser.error("rate must be in (0, 20000] and duration in (0, 3600]")
     if args.self_contained:

@@ -98,12 +98,11 @@ def test_up_prints_ready_and_answers(up):
     assert any("local Kafka ready" in line for line in up.output), up.output
 
 
-def test_each_rail_has_its_own_clearing_simulator_process(up):
+def test_one_clearing_simulator_process_serves_every_rail(up):
     rails = {"fednow", "rtp", "lynx", "sepa_inst", "fps", "pix", "spei", "npp", "fast"}
-    pids = {rail: up.pid_of(f"clearing-sim-{rail}") for rail in rails}
-    assert len(set(pids.values())) == len(rails)
-    for pid in pids.values():
-        os.kill(pid, 0)  # alive
+    os.kill(up.pid_of("clearing-sim"), 0)  # alive
+    health = httpx.get(f"http://127.0.0.1:{up.env['PAYORCH_CLEARING__SIMULATOR_PORT']}/healthz").json()
+    assert set(health["rails"]) == rails
 
 
 def test_demo_runs_every_tenant_to_the_end(up):
@@ -167,5 +166,5 @@ def test_ctrl_c_stops_everything_cleanly(up):
     while not up.lines.empty():
         rest.append(up.lines.get())
     assert any(line == "stopped" for line in rest), rest
-    for child in ("intake", "ledger", "clearing-sim-fednow", "kafka"):
+    for child in ("intake", "ledger", "clearing-sim", "kafka"):
         assert not (up.work_dir / "run" / f"{child}.pid").exists()

@@ -178,3 +178,19 @@ def test_derived_event_ids_are_deterministic_and_chain_causation():
     assert first.correlation_id == root.correlation_id == root.payment.payment_id
     assert first.traceparent[3:35] == root.traceparent[3:35]  # same W3C trace
     assert first.traceparent != root.traceparent  # new span
+
+
+def test_an_event_is_encoded_once_and_a_changed_copy_anew():
+    import dataclasses
+
+    codec = EventCodec(SCHEMAS)
+    event = sample_events()[6]
+    data = codec.encode(event)
+    assert codec.encode(event) is data  # a stage that stored it and the runtime share the bytes
+    decoded = codec.decode(data)
+    assert decoded.wire == data and codec.encode(decoded) is decoded.wire
+    changed = dataclasses.replace(decoded, traceparent=None)
+    assert changed.wire is None and codec.decode(codec.encode(changed)).traceparent is None
+    # Bytes of an older writer are never re-sent as they are: the current writer encodes anew.
+    older = EventCodec(SCHEMAS, writer_version=VERSIONS[0]).encode(event)
+    assert codec.encode(codec.decode(older))[2:10] == codec.writer.fingerprint

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from datetime import UTC, datetime
 
@@ -144,8 +145,7 @@ def test_initiation_rejects_a_second_payment_with_the_same_instruction(tmp_path)
 def test_initiation_rejects_invalid_payment_with_reason_and_field(tmp_path):
     stage = InitiationStage(TENANTS, "test", tmp_path)
     bad = received("emea")
-    bad = bad.__class__(**{**{f: getattr(bad, f) for f in bad.__dataclass_fields__},
-                           "payment": bad.payment.replace(currency="JPY", amount_minor=100)})
+    bad = dataclasses.replace(bad, payment=bad.payment.replace(currency="JPY", amount_minor=100))
     [rejected] = stage.handle_batch([bad], at(1))
     assert rejected.event_type == "PaymentRejected"
     assert rejected.payload["reason_code"] == "currency_not_allowed_for_tenant"
@@ -163,7 +163,6 @@ def test_initiation_never_treats_the_no_reference_placeholder_as_a_duplicate(tmp
 def test_a_rejected_instruction_does_not_block_its_corrected_retry(tmp_path):
     stage = InitiationStage(TENANTS, "test", tmp_path)
     bad = received("emea", end_to_end_id="INV-9")
-    bad = bad.__class__(**{**{f: getattr(bad, f) for f in bad.__dataclass_fields__},
-                           "payment": bad.payment.replace(currency="JPY", amount_minor=100)})
+    bad = dataclasses.replace(bad, payment=bad.payment.replace(currency="JPY", amount_minor=100))
     fixed = received("emea", end_to_end_id="INV-9")
     assert [o.event_type for o in stage.handle_batch([bad, fixed], at(1))] == ["PaymentRejected", "PaymentInitiated"]
