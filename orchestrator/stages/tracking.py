@@ -16,6 +16,7 @@ entries: the timeline is the payment's own events, all correlated by its payment
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +26,7 @@ import orjson
 from orchestrator.cycle_events import CycleEvent, CycleEventCodec
 from orchestrator.domain import Payment, payment_from_record, payment_to_record
 from orchestrator.events import Event, EventCodec
+from orchestrator.flow_health import FlowHealth, FlowHealthMeter, epoch_s
 from orchestrator.wire import (
     HEADER_CAUSATION_ID,
     HEADER_CORRELATION_ID,
@@ -54,6 +56,10 @@ STATUS_OF_EVENT = {
 STATUS_RANK = {"RECEIVED": 0, "INITIATED": 1, "SCREENED": 2, "HELD": 3, "ROUTED": 4, "EXECUTED": 5,
                "SETTLED": 6, "REJECTED": 6, "FAILED": 6}
 TERMINAL_STATUSES = frozenset({"SETTLED", "REJECTED", "FAILED"})
+# A payment in one of these is not in flight: it has ended, or waits for a person.
+_OUT_OF_FLOW = TERMINAL_STATUSES | {"HELD"}
+# How often tracking writes its flow-health reading for the intake's admission rule.
+_FLOW_HEALTH_WRITE_INTERVAL_S = 0.25
 
 # Payload fields shown in the timeline: business facts, never account data.
 _TIMELINE_DETAIL_FIELDS = ("reason_code", "iso_reason_code", "reason_detail", "outcome", "best_score", "score",
@@ -193,6 +199,14 @@ class TrackingStore:
                   ON reconciliation_exceptions (tenant_id, cycle_id);
                 """
             )
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS flow_health (id INTEGER PRIMARY KEY CHECK (id = 1),"
+                " in_flight INTEGER NOT NULL, latency_p90_s REAL, tracking_lag_s REAL NOT NULL,"
+                " measured_at REAL NOT NULL)")
+            marks = ",".join("?" * len(_OUT_OF_FLOW))
+            self.meter = FlowHealthMeter(in_flight=self.db.execute(
+                f"SELECT count(*) FROM payments WHERE status NOT IN ({marks})", sorted(_OUT_OF_FLOW)).fetchone()[0])
+            self._flow_health_written_at = 0.0
             # A store written before timeline rows kept their event's bytes.
             columns = {row["name"] for row in self.db.execute("PRAGMA table_info(timeline)")}
             if "body" not in columns:
@@ -216,10 +230,35 @@ class TrackingStore:
                 ).rowcount
                 if not inserted:
                     continue
+                at_s = epoch_s(event.occurred_at)
+                self.meter.saw(at_s)
+                if event.event_type == "PaymentReceived":
+                    self.meter.received(event.payment_id, at_s)
                 self._snapshot(event)
                 self._note_status(event, changes)
             for payment_id, row in changes.items():
                 self._write_status(payment_id, row)
+            self._write_flow_health()
+
+    def _write_flow_health(self) -> None:
+        now = time.time()
+        if now - self._flow_health_written_at < _FLOW_HEALTH_WRITE_INTERVAL_S:
+            return
+        health = self.meter.reading(now)
+        self.db.execute("INSERT OR REPLACE INTO flow_health VALUES (1,?,?,?,?)",
+                        (health.in_flight, health.latency_p90_s, health.tracking_lag_s, health.measured_at))
+        self._flow_health_written_at = now
+
+    def flow_health(self) -> FlowHealth | None:
+        """The latest reading tracking wrote, or None before its first."""
+        try:
+            row = self.db.execute("SELECT * FROM flow_health WHERE id = 1").fetchone()
+        except sqlite3.OperationalError:
+            return None  # a store of a tracking version that wrote none
+        if row is None:
+            return None
+        return FlowHealth(in_flight=row["in_flight"], latency_p90_s=row["latency_p90_s"],
+                          tracking_lag_s=row["tracking_lag_s"], measured_at=row["measured_at"])
 
     def _current_status(self, payment_id: str) -> str | None:
         if payment_id in self._statuses:
@@ -237,7 +276,7 @@ class TrackingStore:
         status = next_status(current, event.event_type)
         if status is None and facts is None:
             return
-        row = changes.setdefault(event.payment_id, {"status": current, "tenant_id": event.tenant_id,
+        row = changes.setdefault(event.payment_id, {"status": current, "initial": current, "tenant_id": event.tenant_id,
                                                     "reason": (None, None, None), "facts": None,
                                                     "updated_at": event.occurred_at, "moved": False})
         row["facts"] = row["facts"] or facts
@@ -261,6 +300,12 @@ class TrackingStore:
             if len(self._statuses) >= _STATUS_CACHE_MAX:
                 self._statuses.clear()
             self._statuses[payment_id] = row["status"]
+            was_in_flight = row["initial"] is not None and row["initial"] not in _OUT_OF_FLOW
+            in_flight = row["status"] not in _OUT_OF_FLOW
+            if row["initial"] is None and in_flight:
+                self.meter.entered(payment_id, epoch_s(row["updated_at"]))
+            elif was_in_flight and not in_flight:
+                self.meter.left(payment_id, epoch_s(row["updated_at"]))
         elif row["facts"]:
             # An event that carries the payment's facts reached us after one that
             # created its row from headers alone.
