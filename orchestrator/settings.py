@@ -105,6 +105,14 @@ class IntakeSettings(BaseModel):
     max_xml_body_bytes: int = Field(default=5_242_880, ge=1_024)
     max_transactions_per_document: int = Field(default=1_000, ge=1, le=100_000)
     publish_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    # Admission control (orchestrator/flow_health.py): refuse new payments with 503 and
+    # Retry-After while payments take more than this share of the tenant's tightest rail
+    # time limit end to end, or while this many are in flight.
+    admission_control: bool = True
+    admission_latency_fraction: float = Field(default=0.5, gt=0, le=1)
+    admission_max_in_flight: int = Field(default=20_000, ge=1)
+    # A reading older than this (tracking stopped) admits: see flow_health.admission.
+    admission_stale_after_s: float = Field(default=5.0, gt=0, le=600)
 
 
 class ClearingSettings(BaseModel):

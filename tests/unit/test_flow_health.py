@@ -61,3 +61,24 @@ def test_tracking_writes_a_reading_the_intake_can_read(tmp_path):
     assert reader.flow_health().in_flight == 1
     # A restarted tracking starts from what its store says is in flight.
     assert TrackingStore(tmp_path / "tracking.sqlite").meter.in_flight == 1
+
+
+def test_the_gate_reads_tracking_at_most_every_200_ms_and_counts_its_own_accepts():
+    from orchestrator.intake.admission import AdmissionGate
+    from orchestrator.settings import IntakeSettings
+    from tests.unit.stage_fixtures import TENANTS
+
+    clock = [1000.0]
+    readings = []
+
+    def read():
+        readings.append(clock[0])
+        return health(in_flight=95, at=clock[0])
+
+    gate = AdmissionGate(IntakeSettings(admission_max_in_flight=100), read, clock=lambda: clock[0])
+    assert gate.check(TENANTS["emea"]) is None
+    gate.accepted(5)
+    assert gate.check(TENANTS["emea"]) is not None  # 95 + 5 in flight: this one would be the 101st
+    clock[0] += 0.25  # a new reading (which includes those accepts) starts the count again
+    assert gate.check(TENANTS["emea"]) is None and len(readings) == 2 and gate.shed_total == 1
+    assert AdmissionGate(IntakeSettings(admission_control=False), read).check(TENANTS["emea"], payments=500) is None
