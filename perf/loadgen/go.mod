@@ -1,0 +1,3 @@
+module payorch/perf/loadgen
+
+go 1.26
