@@ -25,7 +25,7 @@ import orjson
 
 from orchestrator.cycle_events import CycleEvent, CycleEventCodec
 from orchestrator.domain import Payment, payment_from_record, payment_to_record
-from orchestrator.events import Event, EventCodec
+from orchestrator.events import Event, EventCodec, UndecodableEvent
 from orchestrator.flow_health import FlowHealth, FlowHealthMeter, epoch_s
 from orchestrator.wire import (
     HEADER_CAUSATION_ID,
@@ -352,7 +352,13 @@ class TrackingStore:
         if self._codec is None:
             from orchestrator.settings import get_settings
             self._codec = EventCodec(get_settings().schemas_dir)
-        return timeline_details(self._codec.decode(body).payload)
+        try:
+            return timeline_details(self._codec.decode(body).payload)
+        except UndecodableEvent:
+            # Written by a newer schema than this reader knows (a rolling upgrade that
+            # reached tracking first): the entry is shown without its business facts
+            # until this process runs the release that knows the schema.
+            return {"details_unavailable": "written by a newer event schema than this reader knows"}
 
     def snapshot(self, payment_id: str) -> tuple[Payment, str | None, str | None] | None:
         """(payment, rail, settled_at) as last seen, or None."""

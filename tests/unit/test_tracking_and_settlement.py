@@ -166,3 +166,21 @@ def test_a_rejected_instruction_does_not_block_its_corrected_retry(tmp_path):
     bad = dataclasses.replace(bad, payment=bad.payment.replace(currency="JPY", amount_minor=100))
     fixed = received("emea", end_to_end_id="INV-9")
     assert [o.event_type for o in stage.handle_batch([bad, fixed], at(1))] == ["PaymentRejected", "PaymentInitiated"]
+
+
+def test_a_reader_that_does_not_know_the_writer_schema_shows_the_entry_without_its_details(tmp_path):
+    events = journey()
+    newer = EventCodec(REPO_ROOT / "schemas")
+    store = TrackingStore(tmp_path / "t.sqlite", codec=newer)
+    store.record([TrackedEvent.from_message(*wire_form(e), newer) for e in events])
+    older_schemas = tmp_path / "older-schemas"
+    older_schemas.mkdir()
+    for version in newer.versions[:-1]:
+        name = f"payment_event.v{version}.avsc"
+        (older_schemas / name).write_text((REPO_ROOT / "schemas" / name).read_text())
+    older = EventCodec(older_schemas)
+    reader = TrackingStore(tmp_path / "t.sqlite", read_only=True, codec=older)
+    record = reader.get(events[0].payment_id)
+    assert record["status"] == "SETTLED" and len(record["timeline"]) == len(events)
+    executed = next(t for t in record["timeline"] if t["event_type"] == "PaymentExecuted")
+    assert "details_unavailable" in executed and "clearing_status" not in executed
