@@ -10,6 +10,8 @@ status is skipped; below that, every stage is idempotent on the payment id anywa
 
 from __future__ import annotations
 
+import contextlib
+
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -82,7 +84,7 @@ class ReplayResult:
 
 # A broker that is moving a partition's leadership (just after topic creation, or a
 # restart) answers NOT_LEADER for a moment; the operator's command rides that out.
-_WATERMARK_ATTEMPTS = 10
+_WATERMARK_ATTEMPTS = 40
 _WATERMARK_RETRY_S = 0.5
 _PASSING_ERRORS = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
                              KafkaError._TIMED_OUT, KafkaError._TRANSPORT})
@@ -98,6 +100,9 @@ def _watermarks(consumer: Consumer, partition: TopicPartition) -> tuple[int, int
             if not passing or attempt == _WATERMARK_ATTEMPTS:
                 raise
             time.sleep(_WATERMARK_RETRY_S)
+            # A stale leader in the client's metadata answers NOT_LEADER until refreshed.
+            with contextlib.suppress(KafkaException):
+                consumer.list_topics(partition.topic, timeout=5)
     raise AssertionError("unreachable")
 
 

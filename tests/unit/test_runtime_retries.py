@@ -219,6 +219,11 @@ def test_dlq_tools_ride_out_a_moving_partition_leader(monkeypatch):
     answers = [KafkaException(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION)), (3, 9)]
 
     class Consumer:
+        refreshed = 0
+
+        def list_topics(self, topic, timeout):
+            Consumer.refreshed += 1  # a NOT_LEADER refreshes the client's metadata
+
         def get_watermark_offsets(self, partition, timeout):
             answer = answers.pop(0)
             if isinstance(answer, Exception):
@@ -226,6 +231,7 @@ def test_dlq_tools_ride_out_a_moving_partition_leader(monkeypatch):
             return answer
 
     assert dlq._watermarks(Consumer(), TopicPartition("t", 0)) == (3, 9)
+    assert Consumer.refreshed == 1
     broken = [KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))]
     answers[:] = broken
     with pytest.raises(KafkaException):
