@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import bisect
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +19,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# The test harness's loopback port pickers: one implementation for both.
+from tests.harness import free_port, free_port_block  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 UP_READY_TIMEOUT_S = 240
 UP_STOP_TIMEOUT_S = 90
@@ -28,32 +30,6 @@ UP_STOP_TIMEOUT_S = 90
 SIMULATOR_PORTS = 16
 BOOTSTRAP_LINE = "local Kafka ready at "
 CPU_SAMPLE_INTERVAL_S = 0.25
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _free_port_block(count: int) -> int:
-    """The first of `count` consecutive free ports, below the kernel's ephemeral range so
-    no client connection takes one between this check and the simulator's bind."""
-    for _ in range(200):
-        base = random.randrange(20_000, 32_000 - count)
-        sockets = []
-        try:
-            for port in range(base, base + count):
-                sock = socket.socket()
-                sockets.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-    raise RuntimeError(f"no block of {count} free ports found")
 
 
 @dataclass
@@ -73,8 +49,8 @@ class OwnStack:
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> StackInfo:
-        port = _free_port()
-        simulator_port = _free_port_block(SIMULATOR_PORTS)
+        port = free_port()
+        simulator_port = free_port_block(SIMULATOR_PORTS)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PAYORCH_")}
         env.update({"PAYORCH_DATA_DIR": str(self.work / "data"), "PAYORCH_INTAKE__PORT": str(port),
                     "PAYORCH_CLEARING__SIMULATOR_PORT": str(simulator_port),
