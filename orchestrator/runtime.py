@@ -4,9 +4,10 @@ One loop per stage process: consume a batch, drop event types the stage does not
 handle (by header, before decoding), decode, hand the batch to the stage, and produce
 its outputs with the idempotent producer into the open checkpoint. A checkpoint (one
 Kafka transaction, or in at-least-once mode one wait for every acknowledgement before
-the offsets are stored) covers the batches of one commit interval. A crash anywhere in between redelivers the
-batch; stages are idempotent and derive output event ids from their causes, so the
-redelivery re-emits events with the same ids, which consumers drop as duplicates.
+the offsets are stored) covers the batches of one commit interval. A crash anywhere
+in between redelivers those batches; stages are idempotent and derive output event ids
+from their causes, so the redelivery re-emits events with the same ids, which consumers
+drop as duplicates.
 
 Failures take one of four paths:
 - a business outcome (rejection, hold) is an ordinary output event of the stage;
@@ -28,6 +29,7 @@ import random
 import signal
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -231,7 +233,7 @@ def await_acks(producer: Producer, tracker: AckTracker, timeout_s: float) -> Non
         raise ProduceFailed(f"broker refused outputs: {tracker.errors[:3]}")
 
 
-class Checkpoint:
+class Checkpoint(ABC):
     """What one commit covers: the records produced since the last commit and the input
     offsets they consumed. Both delivery modes share this shape, so the loop is written
     once; they differ only in how `commit` makes records and offsets durable together.
@@ -264,12 +266,13 @@ class Checkpoint:
     def offsets_of(self, role: str) -> list[TopicPartition]:
         return [TopicPartition(t, p, o) for (t, p), o in self.offsets[role].items()]
 
+    @abstractmethod
     def add_records(self, records: Sequence[tuple]) -> None:
-        raise NotImplementedError
+        """Produce `records` (topic, key, value, headers) as part of this checkpoint."""
 
+    @abstractmethod
     def commit(self) -> bool:
         """Make this checkpoint's records and offsets durable; False if it was aborted."""
-        raise NotImplementedError
 
 
 class TransactionalCheckpoint(Checkpoint):
