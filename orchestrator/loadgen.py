@@ -36,6 +36,8 @@ class LoadResult:
     refused: dict[int, int] = field(default_factory=dict)
     errors: int = 0
     retried_requests: int = 0
+    # 503 answers with Retry-After (admission control), whether sent again or not.
+    shed: int = 0
     send_seconds: float = 0.0
     drain_seconds: float = 0.0
     statuses: dict[str, int] = field(default_factory=dict)
@@ -67,7 +69,7 @@ class LoadResult:
         lines = [
             f"offered {self.offered} in {self.send_seconds:.1f}s ({self.offered / max(self.send_seconds, 1e-9):.0f}/s), "
             f"accepted {self.accepted}, refused {sum(self.refused.values())} {self.refused or ''}, "
-            f"transport errors {self.errors}",
+            f"transport errors {self.errors}, shed (503 Retry-After) {self.shed}",
             f"ended {self.ended}: " + ", ".join(f"{s} {self.statuses.get(s, 0)}" for s in TERMINAL)
             + f"; unfinished {len(self.unfinished)}; drain took {self.drain_seconds:.1f}s after the last send",
             f"sustained end-to-end throughput {self.throughput_per_s():.0f} payments/s "
@@ -115,11 +117,15 @@ async def offer_load(base_url: str, *, rate_per_s: float, duration_s: float, dra
                                 "X-Tenant-Id": tenant, "Idempotency-Key": key}) as answer:
                             payload = await answer.read()
                             status = answer.status
+                            retry_after_s = _retry_after_s(answer.headers.get("Retry-After"))
                     except (aiohttp.ClientError, TimeoutError):
-                        status = None
+                        status, retry_after_s = None, None
+                if status == 503 and retry_after_s is not None:
+                    result.shed += 1
                 if status in (None, 503) and time.monotonic() < give_up_at:
                     result.retried_requests += 1
-                    await asyncio.sleep(0.5)
+                    # Admission control says when to come back; an unknown outcome, soon.
+                    await asyncio.sleep(min(retry_after_s or 0.5, max(0.0, give_up_at - time.monotonic())))
                     continue
                 break
             if status is None:
@@ -163,6 +169,14 @@ async def offer_load(base_url: str, *, rate_per_s: float, duration_s: float, dra
     result.unfinished = sorted(set(submitted) - set(records))
     result.payments = dict(submitted)
     return result
+
+
+def _retry_after_s(value: str | None) -> float | None:
+    """Seconds from a Retry-After header in its delay-seconds form (what the intake sends)."""
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
 
 
 async def _wait_terminal(client: aiohttp.ClientSession, submitted: dict[str, str], timeout_s: float,

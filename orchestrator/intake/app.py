@@ -33,13 +33,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchestrator.domain import MoneyError, Payment
 from orchestrator.events import deterministic_uuid4, received_event
+from orchestrator.flow_health import FlowHealth
+from orchestrator.intake.admission import AdmissionGate
+from orchestrator.intake.asgi import IntakeApp
+from orchestrator.intake.idempotency import AcceptedAnswer, IdempotencyStore
 from orchestrator.intake.models import CreditTransferIn
 from orchestrator.intake.problems import JsonResponse, Problem
 from orchestrator.intake.publisher import EventPublisher, PublishError
 from orchestrator.kafka_clients import make_producer
 from orchestrator.settings import Settings
 from orchestrator.stages.tracking import TrackingStore
-from orchestrator.storage import open_sqlite
 from orchestrator.tenants import TenantConfig
 from orchestrator.topics import TopicNamer
 from orchestrator.validation import normalise_payment, validate_payment
@@ -49,40 +52,6 @@ log = logging.getLogger("payorch.intake")
 _IDEMPOTENCY_KEY_MAX_CHARS = 255
 # Readiness asks the broker for metadata at most this often, so probes cannot load it.
 _READINESS_CACHE_S = 1.0
-
-
-class IdempotencyStore:
-    def __init__(self, path: Path) -> None:
-        self.db = open_sqlite(path, fsync_each_commit=False)
-        self.db.executescript(
-            """
-            CREATE TABLE IF NOT EXISTS idempotency (
-              tenant_id TEXT NOT NULL, idempotency_key TEXT NOT NULL, body_sha256 TEXT NOT NULL,
-              status_code INTEGER NOT NULL, response BLOB NOT NULL, created_at TEXT NOT NULL,
-              PRIMARY KEY (tenant_id, idempotency_key));
-            CREATE TABLE IF NOT EXISTS accepted_payments (
-              payment_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, end_to_end_id TEXT NOT NULL,
-              received_at TEXT NOT NULL, event_id TEXT NOT NULL);
-            """
-        )
-
-    def lookup(self, tenant_id: str, key: str):
-        return self.db.execute("SELECT * FROM idempotency WHERE tenant_id=? AND idempotency_key=?",
-                               (tenant_id, key)).fetchone()
-
-    def remember(self, tenant_id: str, key: str | None, body_sha256: str, status_code: int, response: dict,
-                 accepted: list[tuple[Payment, str, str]]) -> None:
-        with self.db:
-            self.db.execute("BEGIN")
-            if key is not None:
-                self.db.execute("INSERT OR IGNORE INTO idempotency VALUES (?,?,?,?,?,?)",
-                                (tenant_id, key, body_sha256, status_code, orjson.dumps(response),
-                                 datetime.now(UTC).isoformat()))
-            self.db.executemany("INSERT OR IGNORE INTO accepted_payments VALUES (?,?,?,?,?)",
-                                [(p.payment_id, p.tenant_id, p.end_to_end_id, at, eid) for p, at, eid in accepted])
-
-    def accepted(self, payment_id: str):
-        return self.db.execute("SELECT * FROM accepted_payments WHERE payment_id=?", (payment_id,)).fetchone()
 
 
 class BreakerCollector:
@@ -123,6 +92,8 @@ class Metrics:
         self.idempotent_replays = Counter("payorch_intake_idempotent_replays_total",
                                           "Requests answered from the idempotency store", ["tenant"],
                                           registry=self.registry)
+        self.shed = Counter("payorch_intake_payments_shed_total",
+                            "Payments refused with 503 by admission control", ["tenant"], registry=self.registry)
         self.publish_seconds = Histogram("payorch_intake_publish_seconds", "Time until the broker acknowledged",
                                          buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
                                          registry=self.registry)
@@ -155,11 +126,12 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
         state["publisher"] = publisher or EventPublisher(producer, make_codec(settings), namer)
         state["idempotency"] = IdempotencyStore(settings.data_dir / "intake.sqlite")
         state["tracking"] = None
+        state["admission"] = AdmissionGate(settings.intake, flow_health)
         yield
         state["publisher"].close()
-        state["idempotency"].db.close()
+        state["idempotency"].close()
 
-    app = FastAPI(title="payorch intake", version="1", lifespan=lifespan, default_response_class=JsonResponse)
+    app = IntakeApp(title="payorch intake", version="1", lifespan=lifespan, default_response_class=JsonResponse)
 
     def tracking() -> TrackingStore | None:
         if state["tracking"] is None:
@@ -171,6 +143,10 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
             except Exception:  # the tracking stage has not created its tables yet
                 return None
         return state["tracking"]
+
+    def flow_health() -> FlowHealth | None:
+        store = tracking()
+        return store.flow_health() if store is not None else None
 
     def problem_response(problem: Problem, request: Request) -> Response:
         metrics.problems.labels(problem.kind).inc()
@@ -250,6 +226,16 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
                 return JsonResponse(orjson.loads(row["response"]), status_code=row["status_code"],
                                       headers={"Idempotent-Replayed": "true"})
         payments, channel, response_of = build()
+        # After the replay lookup (a known key gets its answer even while shedding) and
+        # before anything is published: a refused payment never exists.
+        shed = state["admission"].check(tenant, len(payments))
+        if shed is not None:
+            metrics.shed.labels(tenant.tenant_id).inc(len(payments))
+            log.warning("admission control refused %d payments: %s", len(payments), shed.reason,
+                        extra={"tenant_id": tenant.tenant_id})
+            raise Problem("overloaded", f"{shed.reason}; nothing was accepted, send again after "
+                          f"{shed.retry_after_s} s (the same Idempotency-Key is safe)",
+                          headers={"Retry-After": str(shed.retry_after_s)})
         now = datetime.now(UTC)
         events = [received_event(p, channel=channel, idempotency_key=key, occurred_at=now, region=settings.region)
                   for p in payments]
@@ -267,8 +253,10 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
                           payment_ids=[p.payment_id for p in payments]) from None
         metrics.publish_seconds.observe(time.perf_counter() - started)
         response = response_of(payments)
-        state["idempotency"].remember(tenant.tenant_id, key, digest, 202, response,
-                                      [(p, now.isoformat(), e.event_id) for p, e in zip(payments, events)])
+        await state["idempotency"].remember(AcceptedAnswer(
+            tenant.tenant_id, key, digest, 202, response,
+            [(p, now.isoformat(), e.event_id) for p, e in zip(payments, events)]))
+        state["admission"].accepted(len(payments))
         for event, (partition, offset) in zip(events, positions, strict=True):
             metrics.received.labels(tenant.tenant_id, channel).inc()
             # Where the broker says it stored the event: the first thing to check if a
@@ -276,8 +264,15 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
             log.info("payment received", extra={**event.log_context(), "partition": partition, "offset": offset})
         return JsonResponse(response, status_code=202, headers={"Location": response.get("links", {}).get("self", "")})
 
-    @app.post("/v1/payments", status_code=202)
-    async def post_payment(request: Request):
+    async def post_payment(request: Request) -> Response:
+        try:
+            return await accept_json_payment(request)
+        except Problem as problem:
+            # Answered here, not by the exception handler: as a direct route, this
+            # endpoint runs outside FastAPI's exception middleware.
+            return problem_response(problem, request)
+
+    async def accept_json_payment(request: Request) -> Response:
         tenant = tenant_of(request)
         key = idempotency_key_of(request)
         content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
@@ -314,6 +309,10 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
             return [payment], "json", lambda ps: _accepted_body(ps[0])
 
         return await accept(tenant, key, body_digest(body, "json"), build)
+
+    # The hot path: every payment comes this way (see IntakeApp).
+    app.add_api_route("/v1/payments", post_payment, methods=["POST"], status_code=202)
+    app.add_direct_route("POST", "/v1/payments", post_payment)
 
     @app.post("/v1/payments/iso20022", status_code=202)
     async def post_iso20022(request: Request):

@@ -71,10 +71,12 @@ class CreditTransferIn(_In):
 
 
 def _party(party: PartyIn) -> Party:
-    agent = party.agent or AgentIn()
+    agent = party.agent
     return Party(
         name=party.name,
         account=Account(iban=party.account.iban, number=party.account.number, bank_code=party.account.bank_code),
-        agent=Agent(bic=agent.bic, member_id=agent.member_id),
+        # Agent() directly: an empty AgentIn was a pydantic model built per missing
+        # agent only to be read back, on every payment of a rail without BICs.
+        agent=Agent(bic=agent.bic, member_id=agent.member_id) if agent is not None else Agent(),
         country=party.country,
     )

@@ -30,6 +30,7 @@ PROBLEM_KINDS: dict[str, tuple[int, str]] = {
     "schema-violation": (422, "The document does not conform to its ISO 20022 schema"),
     "unsupported-message": (422, "The ISO 20022 message type or version is not supported"),
     "document-invalid": (422, "The ISO 20022 document is not consistent"),
+    "overloaded": (503, "The payment flow cannot take more payments now; send again after Retry-After"),
     "broker-unavailable": (503, "The broker did not confirm the payment in time; its outcome is unknown"),
     "internal-error": (500, "Internal error"),
 }
@@ -45,12 +46,13 @@ class JsonResponse(Response):
 
 
 class Problem(Exception):
-    def __init__(self, kind: str, detail: str, **extensions: Any) -> None:
+    def __init__(self, kind: str, detail: str, *, headers: dict[str, str] | None = None, **extensions: Any) -> None:
         super().__init__(detail)
         if kind not in PROBLEM_KINDS:
             raise ValueError(f"unknown problem kind {kind}")
         self.kind = kind
         self.detail = detail
+        self.headers = headers or {}
         self.extensions = extensions
 
     @property
@@ -63,4 +65,4 @@ class Problem(Exception):
         if instance:
             body["instance"] = instance
         body.update(self.extensions)
-        return JsonResponse(body, status_code=status, media_type=PROBLEM_CONTENT_TYPE)
+        return JsonResponse(body, status_code=status, media_type=PROBLEM_CONTENT_TYPE, headers=self.headers)

@@ -116,8 +116,11 @@ def test_demo_runs_every_tenant_to_the_end(up):
 
 
 def test_3000_payments_at_300_per_second_all_end(up):
+    # As a client should, it sends again after a 503 (admission control's Retry-After, or
+    # an unconfirmed publish) with the same Idempotency-Key.
     result = asyncio.run(offer_load(up.base_url, rate_per_s=OFFERED_RATE_PER_S,
-                                    duration_s=OFFERED_PAYMENTS / OFFERED_RATE_PER_S, drain_timeout_s=300))
+                                    duration_s=OFFERED_PAYMENTS / OFFERED_RATE_PER_S, drain_timeout_s=300,
+                                    retry_unavailable_s=120))
     print("\n".join(result.report_lines()))
     assert result.offered == OFFERED_PAYMENTS
     assert result.accepted == OFFERED_PAYMENTS, result.report_lines()

@@ -1,0 +1,239 @@
+"""POST /v1/payments end to end through the intake app, on a fake producer (no broker):
+answers, problem+json types, idempotency, and what is published and stored."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from orchestrator.events import EventCodec
+from orchestrator.intake.app import create_app
+from orchestrator.intake.publisher import EventPublisher
+from orchestrator.samples import sample_body
+from orchestrator.settings import REPO_ROOT, Settings
+from orchestrator.topics import TopicNamer
+from tests.unit.intake_fakes import FakeProducer, refused
+from tests.unit.stage_fixtures import TENANTS
+
+CODEC = EventCodec(REPO_ROOT / "schemas")
+PROBLEM = "application/problem+json"
+
+
+class World:
+    def __init__(self, tmp_path) -> None:
+        self.settings = Settings(data_dir=tmp_path, kafka={"bootstrap_servers": "127.0.0.1:9"},
+                                 intake={"publish_timeout_s": 0.2})
+        self.producer = FakeProducer()
+        publisher = EventPublisher(self.producer, CODEC, TopicNamer(self.settings.topic_template))
+        self.app = create_app(self.settings, TENANTS, publisher=publisher)
+
+    def published(self) -> list:
+        return [CODEC.decode(p.value) for p in self.producer.produced]
+
+
+@pytest.fixture
+def world(tmp_path):
+    world = World(tmp_path)
+    with TestClient(world.app, raise_server_exceptions=False) as client:
+        world.client = client
+        yield world
+
+
+def post(world: World, body, *, tenant: str | None = "emea", key: str | None = None, headers=None):
+    sent = {"Content-Type": "application/json"}
+    if tenant is not None:
+        sent["X-Tenant-Id"] = tenant
+    if key is not None:
+        sent["Idempotency-Key"] = key
+    sent.update(headers or {})
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return world.client.post("/v1/payments", content=content, headers=sent)
+
+
+def assert_problem(answer, status: int, kind: str) -> dict:
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"] == PROBLEM
+    problem = answer.json()
+    assert problem["type"] == f"https://payorch.dev/problems/{kind}"
+    assert problem["status"] == status and problem["title"] and problem["detail"]
+    assert problem["instance"] == "/v1/payments"
+    return problem
+
+
+def test_an_accepted_payment_is_published_stored_and_answered_202(world):
+    answer = post(world, sample_body("emea"), key="k-1")
+    assert answer.status_code == 202, answer.text
+    body = answer.json()
+    payment_id = body["payment_id"]
+    assert body == {"payment_id": payment_id, "status": "RECEIVED", "correlation_id": payment_id,
+                    "end_to_end_id": body["end_to_end_id"], "links": {"self": f"/v1/payments/{payment_id}"}}
+    assert answer.headers["location"] == f"/v1/payments/{payment_id}"
+    assert answer.headers["content-type"] == "application/json"
+    [event] = world.published()
+    assert (event.event_type, event.payment_id, event.payload) == (
+        "PaymentReceived", payment_id, {"channel": "json", "idempotency_key": "k-1"})
+    assert world.producer.produced[0].topic == "emea.payments.received.v1"
+    # The answer was stored before it was given: another connection sees it.
+    db = sqlite3.connect(world.settings.data_dir / "intake.sqlite")
+    assert db.execute("SELECT payment_id, event_id FROM accepted_payments").fetchall() == [(payment_id, event.event_id)]
+    assert db.execute("SELECT idempotency_key, status_code FROM idempotency").fetchall() == [("k-1", 202)]
+    db.close()
+    status = world.client.get(f"/v1/payments/{payment_id}", headers={"X-Tenant-Id": "emea"})
+    assert status.status_code == 200 and status.json()["status"] == "RECEIVED"
+
+
+def test_the_same_key_and_body_give_the_original_answer_again_without_publishing(world):
+    body = sample_body("emea")
+    first = post(world, body, key="k-1")
+    again = post(world, body, key="k-1")
+    assert first.status_code == again.status_code == 202
+    assert again.json() == first.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in first.headers
+    assert len(world.producer.produced) == 1
+
+
+def test_the_same_key_with_another_body_is_refused_and_not_published(world):
+    body = sample_body("emea")
+    post(world, body, key="k-1")
+    other = post(world, {**body, "amount": "999.99"}, key="k-1")
+    assert_problem(other, 422, "idempotency-key-reused")
+    assert len(world.producer.produced) == 1
+    # The key belongs to its tenant: another tenant may use it for its own payment.
+    elsewhere = post(world, sample_body("na"), tenant="na", key="k-1")
+    assert elsewhere.status_code == 202 and elsewhere.json()["payment_id"] != post(world, body, key="k-1").json()[
+        "payment_id"]
+
+
+def test_concurrent_requests_with_one_key_publish_once_and_get_one_answer(world):
+    body = json.dumps(sample_body("emea")).encode()
+    headers = {"X-Tenant-Id": "emea", "Idempotency-Key": "k-race", "Content-Type": "application/json"}
+
+    async def race():
+        transport = httpx.ASGITransport(app=world.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://intake") as client:
+            return await asyncio.gather(*(client.post("/v1/payments", content=body, headers=headers)
+                                          for _ in range(5)))
+
+    answers = world.client.portal.call(race)
+    assert {a.status_code for a in answers} == {202}
+    assert len({a.json()["payment_id"] for a in answers}) == 1
+    assert sum(a.headers.get("idempotent-replayed") == "true" for a in answers) == 4
+    assert len(world.producer.produced) == 1
+
+
+BAD_REQUESTS = [
+    ("malformed json", dict(body=b'{"amount": '), 400, "malformed-json"),
+    ("json array", dict(body=b"[1,2]"), 422, "validation-error"),
+    ("schema violation", dict(body={**sample_body("emea"), "amount": 125.5}), 422, "validation-error"),
+    ("business rule", dict(body={**sample_body("emea"), "amount": "0"}), 422, "payment-invalid"),
+    ("missing tenant", dict(body=b"{}", tenant=None), 400, "tenant-required"),
+    ("unknown tenant", dict(body=b"{}", tenant="mars"), 400, "unknown-tenant"),
+    ("wrong media type", dict(body=b"<x/>", headers={"Content-Type": "text/plain"}), 415, "unsupported-media-type"),
+    ("oversize body", dict(body=b"{" + b" " * 70_000 + b"}"), 413, "payload-too-large"),
+    ("empty key", dict(body=sample_body("emea"), key=""), 400, "invalid-idempotency-key"),
+    ("key too long", dict(body=sample_body("emea"), key="k" * 256), 400, "invalid-idempotency-key"),
+]
+
+
+@pytest.mark.parametrize(("case", "request_", "status", "kind"), BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
+def test_bad_requests_answer_problem_json_and_publish_nothing(world, case, request_, status, kind):
+    assert_problem(post(world, **request_), status, kind)
+    assert world.producer.produced == []
+
+
+def test_problems_carry_their_details(world):
+    schema = assert_problem(post(world, {**sample_body("emea"), "amount": 125.5}), 422, "validation-error")
+    assert schema["errors"] == [{"field": "amount", "message": "Input should be a valid string", "type": "string_type"}]
+    rule = assert_problem(post(world, {**sample_body("emea"), "amount": "0"}), 422, "payment-invalid")
+    assert (rule["reason_code"], rule["field"]) == ("amount_not_positive", "amount")
+    metrics = world.client.get("/metrics").text
+    assert 'payorch_intake_problems_total{type="validation-error"} 1.0' in metrics
+
+
+def test_other_methods_on_the_payments_path_answer_405(world):
+    for method in ("GET", "PUT", "DELETE"):
+        answer = world.client.request(method, "/v1/payments", headers={"X-Tenant-Id": "emea"})
+        assert answer.status_code == 405
+        assert answer.json()["type"].endswith("/method-not-allowed")
+
+
+def test_an_unconfirmed_publish_answers_503_and_a_retry_with_the_key_goes_through(world):
+    world.producer.answers.append(refused())
+    body = sample_body("emea")
+    failed = post(world, body, key="k-1")
+    problem = assert_problem(failed, 503, "broker-unavailable")
+    retried = post(world, body, key="k-1")
+    assert retried.status_code == 202
+    assert problem["payment_ids"] == [retried.json()["payment_id"]]
+    assert "idempotent-replayed" not in retried.headers
+
+
+def test_a_broker_that_never_answers_gives_503_within_the_publish_timeout(world):
+    world.producer.silent = True
+    assert_problem(post(world, sample_body("emea"), key="k-1"), 503, "broker-unavailable")
+
+
+def test_an_unexpected_error_answers_500_problem_json(world, monkeypatch):
+    def explode(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(world.producer, "produce", explode)
+    answer = post(world, sample_body("emea"), key="k-1")
+    assert_problem(answer, 500, "internal-error")
+    assert "boom" not in answer.text
+
+
+def test_accepted_payments_count_in_the_metrics(world):
+    post(world, sample_body("emea"))
+    post(world, sample_body("emea"))
+    metrics = world.client.get("/metrics").text
+    assert 'payorch_intake_payments_received_total{channel="json",tenant="emea"} 2.0' in metrics
+    assert "payorch_intake_publish_seconds_count 2.0" in metrics
+
+
+def overload(world: World, *, in_flight: int = 0, latency_p90_s: float | None = None) -> None:
+    """Tracking's flow-health reading, as the tracking stage would write it."""
+    import time
+
+    from orchestrator.stages.tracking import TrackingStore
+
+    store = TrackingStore(world.settings.data_dir / "tracking.sqlite")
+    store.db.execute("INSERT OR REPLACE INTO flow_health VALUES (1,?,?,?,?)", (in_flight, latency_p90_s, 0.0, time.time()))
+    store.close()
+
+
+def test_an_overloaded_flow_is_refused_503_with_retry_after_and_nothing_published(world, monkeypatch):
+    import orchestrator.intake.admission as admission
+
+    monkeypatch.setattr(admission, "_READING_CACHE_S", 0.0)
+    before = sample_body("emea", 1)
+    accepted = post(world, before, key="before-overload")
+    assert accepted.status_code == 202
+    tightest_s = min(rail.time_limit_s for rail in TENANTS["emea"].rails)
+    overload(world, latency_p90_s=0.6 * tightest_s)  # past half of the tightest rail's time limit
+    answer = post(world, sample_body("emea", 2), key="during-overload")
+    problem = assert_problem(answer, 503, "overloaded")
+    assert 1 <= int(answer.headers["retry-after"]) <= 30 and "p90" in problem["detail"]
+    assert len(world.producer.produced) == 1, "a refused payment is never published"
+    # A retry of a payment accepted before is answered from the store, shedding or not.
+    again = post(world, before, key="before-overload")
+    assert again.status_code == 202 and again.headers["idempotent-replayed"] == "true"
+    metrics = world.client.get("/metrics").text
+    assert 'payorch_intake_payments_shed_total{tenant="emea"} 1.0' in metrics
+
+
+def test_too_many_payments_in_flight_are_refused_until_the_flow_drains(world, monkeypatch):
+    import orchestrator.intake.admission as admission
+
+    monkeypatch.setattr(admission, "_READING_CACHE_S", 0.0)
+    overload(world, in_flight=world.settings.intake.admission_max_in_flight)
+    body = sample_body("emea", 3)
+    assert_problem(post(world, body, key="k-full"), 503, "overloaded")
+    overload(world, in_flight=0)
+    assert post(world, body, key="k-full").status_code == 202  # the same key is safe to send again
