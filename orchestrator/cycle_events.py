@@ -62,7 +62,7 @@ class CycleEvent:
     def kafka_record(self, namer) -> tuple[str, bytes, bytes, list[tuple[str, bytes]]]:
         """(topic, key, value, headers) for the runtime: keyed by cycle id, so all events
         of one cycle land on one partition in the order they were emitted."""
-        from orchestrator.runtime import (
+        from orchestrator.wire import (
             HEADER_CORRELATION_ID,
             HEADER_EVENT_TYPE,
             HEADER_SCHEMA_VERSION,

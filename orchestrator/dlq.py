@@ -25,8 +25,6 @@ from orchestrator.events import UndecodableEvent
 from orchestrator.kafka_clients import make_admin, make_producer
 from orchestrator.runtime import (
     DLQ_HEADER_PREFIX,
-    HEADER_CORRELATION_ID,
-    HEADER_TENANT_ID,
     AckTracker,
     ProduceFailed,
     await_acks,
@@ -34,6 +32,7 @@ from orchestrator.runtime import (
 from orchestrator.settings import Settings
 from orchestrator.stages.tracking import TERMINAL_STATUSES, TrackingStore
 from orchestrator.storage import open_sqlite
+from orchestrator.wire import HEADER_CORRELATION_ID, HEADER_TENANT_ID
 from orchestrator.topics import STAGE_TOPICS, TopicNamer
 
 

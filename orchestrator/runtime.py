@@ -44,20 +44,7 @@ from orchestrator import retries
 from orchestrator.retries import RetryLater
 from orchestrator.settings import Settings
 from orchestrator.topics import DLQ_SUFFIX, OUTPUT_TOPIC_OF_STAGE, TopicNamer
-# The wire contract's header names, re-exported: older callers import them from here.
-from orchestrator.wire import (  # noqa: F401
-    HEADER_CAUSATION_ID,
-    HEADER_CORRELATION_ID,
-    HEADER_EVENT_ID,
-    HEADER_EVENT_TYPE,
-    HEADER_OCCURRED_AT,
-    HEADER_REGION,
-    HEADER_SCHEMA_VERSION,
-    HEADER_STAGE,
-    HEADER_TENANT_ID,
-    HEADER_TRACEPARENT,
-    event_headers,
-)
+from orchestrator.wire import HEADER_CORRELATION_ID, HEADER_EVENT_TYPE, HEADER_TENANT_ID, event_headers
 
 log = logging.getLogger("payorch.runtime")
 
@@ -233,6 +220,20 @@ def await_acks(producer: Producer, tracker: AckTracker, timeout_s: float) -> Non
         raise ProduceFailed(f"broker refused outputs: {tracker.errors[:3]}")
 
 
+def call_retrying(watchdog: HangWatchdog, name: str, call, timeout_s: float, attempts: int, stage: str) -> None:
+    """`call(timeout_s)` under the hang watchdog, again on a retriable Kafka error, at most
+    `attempts` times; anything else, or the last failure, propagates."""
+    for attempt in range(1, attempts + 1):
+        try:
+            with watchdog.guard(name, timeout_s):
+                call(timeout_s)
+            return
+        except KafkaException as exc:
+            if not exc.args[0].retriable() or attempt == attempts:
+                raise
+            log.warning("retrying %s (%d/%d): %s", name, attempt, attempts, exc.args[0], extra={"stage": stage})
+
+
 class Checkpoint(ABC):
     """What one commit covers: the records produced since the last commit and the input
     offsets they consumed. Both delivery modes share this shape, so the loop is written
@@ -331,15 +332,8 @@ class TransactionalCheckpoint(Checkpoint):
                 log.warning("drill: holding a transaction of %d records open for %.1f s", self.record_count, hold_s,
                             extra={"stage": runner.handler.name})
                 time.sleep(hold_s)
-            for attempt in range(1, TXN_COMMIT_ATTEMPTS_MAX + 1):
-                try:
-                    with runner.watchdog.guard("commit_transaction", timeout_s):
-                        self.producer.commit_transaction(timeout_s)
-                    break
-                except KafkaException as exc:
-                    if not exc.args[0].retriable() or attempt == TXN_COMMIT_ATTEMPTS_MAX:
-                        raise
-                    log.warning("retrying transaction commit: %s", exc, extra={"stage": runner.handler.name})
+            call_retrying(runner.watchdog, "commit_transaction", self.producer.commit_transaction, timeout_s,
+                          TXN_COMMIT_ATTEMPTS_MAX, runner.handler.name)
             return True
         except KafkaException as exc:
             error = exc.args[0]
@@ -457,17 +451,8 @@ class StageRunner:
         return TransactionalCheckpoint(self) if self.transactional else AtLeastOnceCheckpoint(self)
 
     def _init_transactions(self, timeout_s: float) -> None:
-        for attempt in range(1, INIT_TRANSACTIONS_ATTEMPTS_MAX + 1):
-            try:
-                with self.watchdog.guard("init_transactions", timeout_s):
-                    self.producer.init_transactions(timeout_s)
-                return
-            except KafkaException as exc:
-                error = exc.args[0]
-                if not error.retriable() or attempt == INIT_TRANSACTIONS_ATTEMPTS_MAX:
-                    raise
-                log.warning("retrying init_transactions (%d/%d): %s", attempt, INIT_TRANSACTIONS_ATTEMPTS_MAX, error,
-                            extra={"stage": self.handler.name})
+        call_retrying(self.watchdog, "init_transactions", self.producer.init_transactions, timeout_s,
+                      INIT_TRANSACTIONS_ATTEMPTS_MAX, self.handler.name)
 
     def _on_client_error(self, error: KafkaError) -> None:
         if error.fatal() or error.code() == KafkaError._FATAL:

@@ -27,16 +27,7 @@ from orchestrator.cycle_events import CycleEvent, CycleEventCodec
 from orchestrator.domain import Payment, payment_from_record, payment_to_record
 from orchestrator.events import Event, EventCodec, UndecodableEvent
 from orchestrator.flow_health import FlowHealth, FlowHealthMeter, epoch_s
-from orchestrator.wire import (
-    HEADER_CAUSATION_ID,
-    HEADER_CORRELATION_ID,
-    HEADER_EVENT_ID,
-    HEADER_EVENT_TYPE,
-    HEADER_OCCURRED_AT,
-    HEADER_REGION,
-    HEADER_STAGE,
-    HEADER_TENANT_ID,
-)
+from orchestrator import wire
 from orchestrator.stages.base import Stage
 from orchestrator.storage import open_sqlite, transaction
 from orchestrator.topics import STAGE_TOPICS
@@ -88,8 +79,8 @@ def next_status(current: str | None, event_type: str) -> str | None:
 # bytes when someone asks for the timeline, which is rare next to writing it.
 _DECODED_AT_ONCE = frozenset({"PaymentReceived", "PaymentInitiated", "PaymentRouted", "PaymentRejected",
                               "PaymentFailed", "PaymentHeld"})
-_ENVELOPE_HEADERS = (HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_OCCURRED_AT, HEADER_CORRELATION_ID,
-                     HEADER_TENANT_ID, HEADER_STAGE, HEADER_REGION)
+_ENVELOPE_HEADERS = (wire.HEADER_EVENT_ID, wire.HEADER_EVENT_TYPE, wire.HEADER_OCCURRED_AT,
+                     wire.HEADER_CORRELATION_ID, wire.HEADER_TENANT_ID, wire.HEADER_STAGE, wire.HEADER_REGION)
 
 
 class TrackedEvent:
@@ -117,14 +108,15 @@ class TrackedEvent:
     def from_message(cls, value: bytes, headers: dict[str, str], codec: EventCodec) -> "TrackedEvent":
         """From the headers alone where the producer wrote the whole envelope into them
         (and the type needs no payload now); otherwise by decoding the body at once."""
-        if headers.get(HEADER_EVENT_TYPE) in _DECODED_AT_ONCE or any(h not in headers for h in _ENVELOPE_HEADERS):
+        if (headers.get(wire.HEADER_EVENT_TYPE) in _DECODED_AT_ONCE
+                or any(h not in headers for h in _ENVELOPE_HEADERS)):
             # Older producers wrote fewer headers; decoding also checks the bytes.
             return cls.of(codec.decode(value), value)
         codec.writer_version_of(value)  # an unknown schema is a poison message now, not at query time
-        return cls(event_id=headers[HEADER_EVENT_ID], event_type=headers[HEADER_EVENT_TYPE],
-                   occurred_at=headers[HEADER_OCCURRED_AT], correlation_id=headers[HEADER_CORRELATION_ID],
-                   causation_id=headers.get(HEADER_CAUSATION_ID), tenant_id=headers[HEADER_TENANT_ID],
-                   stage=headers[HEADER_STAGE], region=headers[HEADER_REGION], body=value, codec=codec)
+        return cls(event_id=headers[wire.HEADER_EVENT_ID], event_type=headers[wire.HEADER_EVENT_TYPE],
+                   occurred_at=headers[wire.HEADER_OCCURRED_AT], correlation_id=headers[wire.HEADER_CORRELATION_ID],
+                   causation_id=headers.get(wire.HEADER_CAUSATION_ID), tenant_id=headers[wire.HEADER_TENANT_ID],
+                   stage=headers[wire.HEADER_STAGE], region=headers[wire.HEADER_REGION], body=value, codec=codec)
 
     @property
     def payment_id(self) -> str:

@@ -21,7 +21,7 @@ from confluent_kafka import Producer
 from orchestrator.bootstrap import STAGE_NAMES
 from orchestrator.events import EventCodec, received_event
 from orchestrator.intake.models import CreditTransferIn
-from orchestrator.runtime import event_headers
+from orchestrator.wire import event_headers
 from orchestrator.samples import sample_body
 from orchestrator.settings import REPO_ROOT
 from orchestrator.topics import TopicNamer

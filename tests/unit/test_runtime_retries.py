@@ -17,7 +17,8 @@ from orchestrator.retries import (
     H_ATTEMPT, H_DUE_AT_MS, H_FIRST_FAILED_AT, H_LAST_ERROR_CLASS, H_ORIGIN_TOPIC, H_STAGE, RetryLater, TransientError,
     backoff_s, is_transient,
 )
-from orchestrator.runtime import DLQ_HEADER_PREFIX, StageRunner, event_headers
+from orchestrator.runtime import DLQ_HEADER_PREFIX, StageRunner
+from orchestrator.wire import event_headers
 from orchestrator.settings import REPO_ROOT, KafkaSettings, RetrySettings, RuntimeSettings, Settings
 from tests.unit.stage_fixtures import received
 
