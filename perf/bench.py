@@ -55,8 +55,9 @@ DEFAULTS = {"rates": "100,250,500,1000,1500,2000", "step_duration": 20.0, "warmu
             "relay_duration": 15.0}
 # --smoke: enough to run every phase once, quickly; the relay only when asked for.
 SMOKE = {"rates": "100", "step_duration": 10.0, "warmup": 5.0, "idle": 3.0, "relay_duration": 0.0}
-# A moderate rate: enough to warm the JVM's and Python's hot paths without a backlog.
-WARMUP_RATE_PER_S = 150.0
+# A moderate rate: enough to warm the JVM's and Python's hot paths. It must be one the
+# stack sustains, or the first step of the ramp measures the warm-up's backlog.
+WARMUP_RATE_PER_S = 100.0
 MAX_RATE_PER_S = 20_000.0
 MAX_STEP_S = 600.0
 # The last payments sent are the last to end: waiting on these few first keeps the status
@@ -150,10 +151,10 @@ class Bench:
         return max(0.0, self.args.drain - (time.monotonic() - began))
 
     def warm_up(self) -> dict:
-        print(f"warming up: {WARMUP_RATE_PER_S:.0f}/s for {self.args.warmup:.0f}s (not measured)", flush=True)
-        sent = self.send("warmup", WARMUP_RATE_PER_S, self.args.warmup)
+        print(f"warming up: {self.args.warmup_rate:.0f}/s for {self.args.warmup:.0f}s (not measured)", flush=True)
+        sent = self.send("warmup", self.args.warmup_rate, self.args.warmup)
         self.wait_for_last("warmup", sent.answers)
-        return {"rate": WARMUP_RATE_PER_S, "duration_s": self.args.warmup, "offered": sent.answers.offered,
+        return {"rate": self.args.warmup_rate, "duration_s": self.args.warmup, "offered": sent.answers.offered,
                 "by_status": dict(sent.answers.by_status)}
 
     def measure_idle(self) -> dict | None:
@@ -263,7 +264,7 @@ def _run_info(args: argparse.Namespace, started_at: datetime) -> dict:
         delivery = "at least once" if args.at_least_once else "exactly once (Kafka transactions)"
     return {"started_at": started_at.isoformat(timespec="seconds"), "commit": _commit(), "stack": stack,
             "delivery": delivery, "cpu_count": os.cpu_count(), "rates": args.rates,
-            "step_duration_s": args.step_duration, "warmup_s": args.warmup, "warmup_rate": WARMUP_RATE_PER_S,
+            "step_duration_s": args.step_duration, "warmup_s": args.warmup, "warmup_rate": args.warmup_rate,
             "settle_s": args.settle, "drain_s": args.drain, "connections": args.connections, "smoke": args.smoke}
 
 
@@ -301,6 +302,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rates", help=f"offered payments/s of the ramp, comma-separated (default {DEFAULTS['rates']})")
     parser.add_argument("--step-duration", type=float, help="seconds of load per rate (default 20)")
     parser.add_argument("--warmup", type=float, help="seconds of unmeasured load first (default 60)")
+    parser.add_argument("--warmup-rate", type=float, default=WARMUP_RATE_PER_S,
+                        help=f"payments/s of the warm-up (default {WARMUP_RATE_PER_S:.0f}); one the stack sustains")
     parser.add_argument("--idle", type=float, help="seconds the idle stack is measured after the warm-up (default 15)")
     parser.add_argument("--relay-duration", type=float,
                         help="measured seconds per relay-baseline variant; 0 skips it (default 15, smoke 0)")
@@ -327,8 +330,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             require_loopback_bootstrap(args.bootstrap)
     except (ValueError, NotLoopback) as exc:
         parser.error(str(exc))
-    if not args.rates or not all(0 < rate <= MAX_RATE_PER_S for rate in args.rates):
-        parser.error(f"--rates must be in (0, {MAX_RATE_PER_S:.0f}]")
+    if not args.rates or not all(0 < rate <= MAX_RATE_PER_S for rate in [*args.rates, args.warmup_rate]):
+        parser.error(f"--rates and --warmup-rate must be in (0, {MAX_RATE_PER_S:.0f}]")
     if not 0 < args.step_duration <= MAX_STEP_S or not 0 <= args.warmup <= 3_600 or not 0 < args.drain <= 3_600:
         parser.error(f"--step-duration must be in (0, {MAX_STEP_S:.0f}], --warmup and --drain in [0, 3600]")
     if not 1 <= args.connections <= 10_000:
