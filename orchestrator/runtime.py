@@ -537,7 +537,16 @@ class StageRunner:
         if self._fatal_error is not None:
             raise FatalClientError(f"fatal Kafka client error, restarting the process: {self._fatal_error}")
         batch_max = self.settings.runtime.batch_max_messages
-        messages = self.consumer.consume(num_messages=batch_max, timeout=timeout_s)
+        # librdkafka's batch consume waits out its whole timeout unless `num_messages`
+        # arrive, which held every hop for the full poll timeout at low load. poll()
+        # returns with the first message; consume(timeout=0) then takes what is queued.
+        first = self.consumer.poll(timeout_s)
+        if first is None:
+            messages = []
+        elif batch_max > 1:
+            messages = [first, *self.consumer.consume(num_messages=batch_max - 1, timeout=0)]
+        else:
+            messages = [first]
         if self.retry_consumer is not None:
             messages += self.retry_consumer.consume(num_messages=batch_max, timeout=0)
         return messages
