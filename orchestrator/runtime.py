@@ -416,6 +416,7 @@ class StageRunner:
         self._fatal_error: str | None = None
         self.consumer: Consumer = make_consumer(settings, group_id, client_id, instance_id=instance_id,
                                                 transactional=self.transactional,
+                                                role="main" if self.output_topic else "sink",
                                                 overrides={"error_cb": self._on_client_error})
         retry_levels = settings.runtime.retry.levels
         self.input_topics = [self.namer.topic(t, s) for t in self.tenants for s in handler.input_topics]
