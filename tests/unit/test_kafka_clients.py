@@ -1,0 +1,31 @@
+"""Consumer configuration per role: what the broker waits for before answering a fetch."""
+
+from orchestrator.kafka_clients import consumer_config
+from orchestrator.settings import KafkaSettings, Settings
+
+
+def _settings(**kafka) -> Settings:
+    return Settings(kafka=KafkaSettings(bootstrap_servers="127.0.0.1:9092", **kafka))
+
+
+def test_a_stage_on_the_payment_path_is_answered_as_soon_as_one_byte_is_committed():
+    config = consumer_config(_settings(), "g", "c", role="main")
+    assert config["fetch.min.bytes"] == 1
+    assert config["fetch.wait.max.ms"] == 100
+    assert config["isolation.level"] == "read_committed"
+
+
+def test_the_tracking_sink_batches_its_fetches_so_commits_elsewhere_do_not_wake_it():
+    config = consumer_config(_settings(), "g", "c", role="sink")
+    assert config["fetch.min.bytes"] == 64 * 1024
+    assert config["fetch.wait.max.ms"] == 100
+    assert config["isolation.level"] == "read_committed"
+
+
+def test_retry_topics_long_poll():
+    assert consumer_config(_settings(), "g", "c", role="retry")["fetch.wait.max.ms"] == 500
+
+
+def test_an_operators_librdkafka_option_wins_over_the_role_default():
+    config = consumer_config(_settings(extra={"fetch.min.bytes": "4096"}), "g", "c", role="sink")
+    assert config["fetch.min.bytes"] == "4096"
