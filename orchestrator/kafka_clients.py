@@ -29,15 +29,19 @@ _COMPRESSION = "none"
 # operators act on a weekend incident.
 _DLQ_RETENTION_MS = 7 * 24 * 3600 * 1000
 # (fetch.min.bytes, fetch.wait.max.ms) per consumer role: what the broker waits for
-# before it answers a fetch.
+# before it answers a fetch. A fetch is answered as soon as min bytes are there (for
+# read_committed, once a transaction's commit marker makes them visible), so the wait
+# only bounds how often a consumer with nothing to read asks again: idle fetches, and
+# their expiry in the broker's purgatory, were most of an idle broker's work.
 # - main: a stage on a payment's path. One byte, so a hop never waits for data already
-#   committed; the wait bounds how often an idle consumer asks again.
-# - sink: tracking, a read model of every topic (108 partitions for four tenants). Woken
+#   committed; 500 ms between idle fetches (100 ms cost the broker twice as much idle
+#   and more at 100/s, for no latency: see docs/PERFORMANCE.md).
+# - sink: tracking, a read model of every topic (36 partitions for four tenants). Woken
 #   by every commit of every stage, its fetches were a third of the broker's CPU at
 #   100/s; it now asks for 64 KiB or 100 ms, whichever comes first, so its view trails
 #   the flow by at most about 100 ms. (No payment's timestamps pass through it.)
-# - retry: nearly always empty topics whose events wait seconds anyway.
-_FETCH_BATCHING = {"main": (1, 100), "sink": (64 * 1024, 100), "retry": (1, 500)}
+# - retry: nearly always empty topics whose events wait a second or more anyway.
+_FETCH_BATCHING = {"main": (1, 500), "sink": (64 * 1024, 100), "retry": (1, 1000)}
 
 
 # librdkafka enables Nagle's algorithm by default; on small requests it holds each

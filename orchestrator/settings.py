@@ -27,9 +27,13 @@ class KafkaSettings(BaseModel):
     sasl_mechanism: Literal["OAUTHBEARER", "PLAIN", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
-    # Partitions bound the parallelism of one stage (instances beyond it idle). 3 per topic
-    # keeps a single local broker light (4 tenants x 16 topics); production sets more.
-    partitions: int = Field(default=3, ge=1, le=1_000)
+    # Partitions per topic bound the parallelism of one stage: instances beyond the
+    # partitions of its input topics idle. The default suits one machine, where each stage
+    # runs once: every partition costs the broker a commit marker per transaction that
+    # touches it and a slot in every fetch, and 3 instead of 1 cost it a fifth more CPU
+    # per payment (docs/PERFORMANCE.md). A deployment that runs N replicas of a stage
+    # sets at least N. Topics that exist keep their count.
+    partitions: int = Field(default=1, ge=1, le=1_000)
     replication_factor: int = Field(default=1, ge=1, le=5)
     extra: dict[str, str] = Field(default_factory=dict)
 

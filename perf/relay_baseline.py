@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from orchestrator.kafka_local import LocalKafka  # noqa: E402
 
 HOPS = 9
-PARTITIONS = 3  # payorch's default partitions per topic
+PARTITIONS = 1  # payorch's default partitions per topic (orchestrator/settings.py)
 MESSAGE_BYTES = 400  # about a payorch event's Avro size
 BATCH_MAX_MESSAGES = 500  # payorch's batch_max_messages
 POLL_TIMEOUT_S = 0.05  # payorch's poll_timeout_ms

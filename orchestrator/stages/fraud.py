@@ -37,6 +37,9 @@ class FraudStage(Stage):
                  at_s REAL NOT NULL, amount_minor INTEGER NOT NULL)"""
         )
         self.db.execute("CREATE INDEX IF NOT EXISTS debtor_activity_by_key ON debtor_activity (tenant_id, debtor_key, at_s)")
+        # The pruning tick (twice a second) finds the expired rows by time; without this
+        # index it scanned the whole window's activity on every tick, idle or not.
+        self.db.execute("CREATE INDEX IF NOT EXISTS debtor_activity_by_time ON debtor_activity (at_s)")
         self.max_window_s = max(cfg.fraud.velocity_window_s for cfg in tenants.values())
 
     def handle_batch(self, events: Sequence[Event], now: datetime) -> list[Event]:
