@@ -30,3 +30,11 @@ def test_retry_topics_long_poll():
 def test_an_operators_librdkafka_option_wins_over_the_role_default():
     config = consumer_config(_settings(extra={"fetch.min.bytes": "4096"}), "g", "c", role="sink")
     assert config["fetch.min.bytes"] == "4096"
+
+
+def test_a_transaction_begun_right_after_a_commit_is_retried_soon_not_after_100_ms():
+    from orchestrator.kafka_clients import producer_config
+
+    assert producer_config(_settings(), "c")["retry.backoff.ms"] == 5
+    # an operator's choice still wins
+    assert producer_config(_settings(extra={"retry.backoff.ms": "50"}), "c")["retry.backoff.ms"] == "50"
