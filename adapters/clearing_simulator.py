@@ -48,6 +48,7 @@ report documents.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import math
 import random
@@ -219,6 +220,12 @@ class ClearingSimulator:
         if wanted is not None and wanted - set(self.rails):
             raise ValueError(f"no tenant file defines rails {sorted(wanted - set(self.rails))}")
         self._records: OrderedDict[str, TransactionRecord] = OrderedDict()
+        # Per rail, (settled_at epoch seconds, key) of every settled record in time order,
+        # so a report reads its window instead of scanning every transaction the simulator
+        # remembers (up to a million, on the one event loop that also answers payments).
+        # Entries of evicted records are skipped when read and dropped by `_compact_index`.
+        self._settled_index: dict[str, list[tuple[float, str]]] = {name: [] for name in self.rails}
+        self._stale_index_entries = 0
         # SIMULATOR-ONLY report discrepancies per rail (see ReportDiscrepancy).
         self._discrepancies: dict[str, list[ReportDiscrepancy]] = {name: [] for name in self.rails}
         self._responses: OrderedDict[str, _StoredResponse] = OrderedDict()
@@ -304,8 +311,25 @@ class ClearingSimulator:
     def _remember(self, record: TransactionRecord) -> None:
         self._records[record.key] = record
         self._records.move_to_end(record.key)
+        if record.settled_at is not None:
+            bisect.insort(self._settled_index[record.rail], (record.settled_at.timestamp(), record.key))
         while len(self._records) > self.max_transactions:
-            self._records.popitem(last=False)
+            _, evicted = self._records.popitem(last=False)
+            if evicted.settled_at is not None:
+                self._stale_index_entries += 1
+        if self._stale_index_entries > max(1024, len(self._records)):
+            self._compact_index()
+
+    def _compact_index(self) -> None:
+        """Rebuild the settlement index from the records still remembered."""
+        index: dict[str, list[tuple[float, str]]] = {name: [] for name in self.rails}
+        for record in self._records.values():
+            if record.settled_at is not None:
+                index[record.rail].append((record.settled_at.timestamp(), record.key))
+        for entries in index.values():
+            entries.sort()
+        self._settled_index = index
+        self._stale_index_entries = 0
 
     def _remember_response(self, message_id: str, keys: tuple[str | None, ...], document: bytes) -> None:
         self._responses[message_id] = _StoredResponse(keys, document)
@@ -519,9 +543,16 @@ class ClearingSimulator:
         discrepancies = self._discrepancies[rail_name]
         by_uetr = {d.uetr: d for d in discrepancies if d.kind != "extra"}
         rows = []
-        for record in self._records.values():
-            if record.rail != rail_name or record.settled_at is None or not in_window(record.settled_at):
-                continue
+        index = self._settled_index[rail_name]
+        low = 0 if since is None else bisect.bisect_left(index, (since.timestamp(), ""))
+        high = len(index) if until is None else bisect.bisect_left(index, (until.timestamp(), ""))
+        listed: set[str] = set()
+        for _, key in index[low:high]:
+            record = self._records.get(key)
+            if (key in listed or record is None or record.rail != rail_name or record.settled_at is None
+                    or not in_window(record.settled_at)):
+                continue  # evicted, or remembered again since (then listed by its newer entry)
+            listed.add(key)
             row = {
                 "uetr": record.uetr,
                 "end_to_end_id": record.end_to_end_id,

@@ -430,3 +430,34 @@ def test_foreign_message_with_readable_id_gets_pacs002(client: TestClient) -> No
         report = parse_pacs002(response.content)
         assert (report.original_message_id, report.original_message_type) == ("OLD-1", expected_type)
         assert report.group_reason_code == "FF01"
+
+
+def test_the_report_lists_a_window_of_settled_transactions_also_after_old_ones_were_forgotten():
+    """The report reads the rail's settlement index: only its window, and never a
+    transaction the simulator no longer remembers (its memory is bounded)."""
+    start = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+    simulator = _simulator_remembering(2_000, start, max_transactions=1_500)
+    # The first 500 were forgotten; of the rest, npp has the odd ones.
+    window = simulator.report("npp", start + timedelta(seconds=400), start + timedelta(seconds=610))
+    assert [row["end_to_end_id"] for row in window] == [f"E2E-{i}" for i in range(501, 610, 2)]
+    assert len(simulator.report("npp", None)) == 750
+    assert simulator.report("npp", start + timedelta(seconds=2_000)) == []
+    # Forgetting more than it remembers rebuilds the index from what is left.
+    simulator = _simulator_remembering(2_000, start, max_transactions=300)
+    assert [row["end_to_end_id"] for row in simulator.report("npp", None)] == [
+        f"E2E-{i}" for i in range(1_701, 2_000, 2)]
+
+
+def _simulator_remembering(count: int, start: datetime, *, max_transactions: int):
+    from adapters.clearing_simulator import ClearingSimulator, TransactionRecord
+    from adapters.iso20022.pacs002 import TransactionStatus
+
+    simulator = ClearingSimulator(TENANTS, seed=1, max_transactions=max_transactions)
+    for i in range(count):
+        settled_at = start + timedelta(seconds=i)
+        status = TransactionStatus(f"E2E-{i}", f"uetr-{i}", "ACSC")
+        simulator._remember(TransactionRecord(
+            key=f"uetr-{i}", rail="npp" if i % 2 else "fast", uetr=f"uetr-{i}", end_to_end_id=f"E2E-{i}",
+            transaction_id=None, amount_minor=100 + i, currency="AUD", status=status, original_message_id="M",
+            response_message_id="R", settled_at=settled_at))
+    return simulator
