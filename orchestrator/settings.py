@@ -30,9 +30,9 @@ class KafkaSettings(BaseModel):
     # Partitions per topic bound the parallelism of one stage: instances beyond the
     # partitions of its input topics idle. The default suits one machine, where each stage
     # runs once: every partition costs the broker a commit marker per transaction that
-    # touches it and a slot in every fetch, and 3 instead of 1 cost it a fifth more CPU
-    # per payment (docs/PERFORMANCE.md). A deployment that runs N replicas of a stage
-    # sets at least N. Topics that exist keep their count.
+    # touches it and a slot in every fetch, and 3 instead of 1 cost it about a quarter
+    # more CPU per payment (docs/PERFORMANCE.md). A deployment that runs N replicas of a
+    # stage sets at least N. Topics that exist keep their count.
     partitions: int = Field(default=1, ge=1, le=1_000)
     replication_factor: int = Field(default=1, ge=1, le=5)
     extra: dict[str, str] = Field(default_factory=dict)
