@@ -30,9 +30,11 @@ from adapters.clearing_simulator import (
     RANDOM_REJECT_REASONS,
     BehaviourOverride,
     ClearingSimulator,
+    TransactionRecord,
     create_simulator_app,
 )
 from adapters.iso20022 import build_pacs008, parse_pacs002
+from adapters.iso20022.pacs002 import TransactionStatus
 
 ROOT = Path(__file__).resolve().parents[2]
 TENANTS = load_tenants(ROOT / "tenants")
@@ -448,10 +450,7 @@ def test_the_report_lists_a_window_of_settled_transactions_also_after_old_ones_w
         f"E2E-{i}" for i in range(1_701, 2_000, 2)]
 
 
-def _simulator_remembering(count: int, start: datetime, *, max_transactions: int):
-    from adapters.clearing_simulator import ClearingSimulator, TransactionRecord
-    from adapters.iso20022.pacs002 import TransactionStatus
-
+def _simulator_remembering(count: int, start: datetime, *, max_transactions: int) -> ClearingSimulator:
     simulator = ClearingSimulator(TENANTS, seed=1, max_transactions=max_transactions)
     for i in range(count):
         settled_at = start + timedelta(seconds=i)

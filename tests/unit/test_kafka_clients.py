@@ -1,6 +1,7 @@
-"""Consumer configuration per role: what the broker waits for before answering a fetch."""
+"""Client configuration: what the broker waits for before answering a fetch, per consumer role,
+and how soon a producer retries."""
 
-from orchestrator.kafka_clients import consumer_config
+from orchestrator.kafka_clients import consumer_config, producer_config
 from orchestrator.settings import KafkaSettings, Settings
 
 
@@ -33,8 +34,6 @@ def test_an_operators_librdkafka_option_wins_over_the_role_default():
 
 
 def test_a_transaction_begun_right_after_a_commit_is_retried_soon_not_after_100_ms():
-    from orchestrator.kafka_clients import producer_config
-
     assert producer_config(_settings(), "c")["retry.backoff.ms"] == 5
     # an operator's choice still wins
     assert producer_config(_settings(extra={"retry.backoff.ms": "50"}), "c")["retry.backoff.ms"] == "50"
