@@ -35,7 +35,7 @@ class FlowHealth:
 
     in_flight: int
     latency_p90_s: float | None  # of the payments that ended in the last window; None if none did
-    tracking_lag_s: float  # how far behind tracking itself is (now - newest event it recorded)
+    tracking_lag_s: float  # how far behind tracking itself is (the newest event's age when recorded)
     measured_at: float  # epoch seconds
 
 
@@ -47,6 +47,7 @@ class FlowHealthMeter:
         self._received_at: dict[str, float] = {}
         self._ended: deque[tuple[float, float]] = deque(maxlen=_LATENCY_SAMPLES_MAX)  # (ended at, latency)
         self._newest_event_at = 0.0
+        self._lag_s = 0.0  # how old the newest event was when tracking recorded it
 
     def entered(self, payment_id: str, first_seen_at: float) -> None:
         """A payment got its first status (its `PaymentReceived` time, if known, stays)."""
@@ -69,16 +70,23 @@ class FlowHealthMeter:
         if received_at is not None:
             self._ended.append((ended_at, max(0.0, ended_at - received_at)))
 
-    def saw(self, occurred_at: float) -> None:
-        self._newest_event_at = max(self._newest_event_at, occurred_at)
+    def saw(self, occurred_at: float, recorded_at: float) -> None:
+        """Tracking recorded an event that occurred at `occurred_at`, at `recorded_at`.
+
+        Tracking is behind by the age of the newest event when it records it. Measured
+        against the reading's time instead, a quiet flow looked further behind with every
+        idle second, and the intake refused the first payment after a pause.
+        """
+        if occurred_at >= self._newest_event_at:
+            self._newest_event_at = occurred_at
+            self._lag_s = max(0.0, recorded_at - occurred_at)
 
     def reading(self, now: float) -> FlowHealth:
         while self._ended and self._ended[0][0] < now - LATENCY_WINDOW_S:
             self._ended.popleft()
         latencies = sorted(latency for _, latency in self._ended)
         p90 = latencies[min(len(latencies) - 1, int(0.9 * len(latencies)))] if latencies else None
-        lag = max(0.0, now - self._newest_event_at) if self._newest_event_at else 0.0
-        return FlowHealth(in_flight=self.in_flight, latency_p90_s=p90, tracking_lag_s=lag, measured_at=now)
+        return FlowHealth(in_flight=self.in_flight, latency_p90_s=p90, tracking_lag_s=self._lag_s, measured_at=now)
 
 
 @dataclass(frozen=True)

@@ -211,6 +211,7 @@ class TrackingStore:
         payment's status row written once per batch, only when the batch moved it."""
         tracked = [e if isinstance(e, TrackedEvent) else TrackedEvent.of(e) for e in events]
         changes: dict[str, dict] = {}  # payment id -> its status row as this batch leaves it
+        recorded_at = time.time()
         with transaction(self.db):
             for event in tracked:
                 details = "{}" if event.body is not None else orjson.dumps(
@@ -223,7 +224,7 @@ class TrackingStore:
                 if not inserted:
                     continue
                 at_s = epoch_s(event.occurred_at)
-                self.meter.saw(at_s)
+                self.meter.saw(at_s, recorded_at)
                 if event.event_type == "PaymentReceived":
                     self.meter.received(event.payment_id, at_s)
                 self._snapshot(event)

@@ -154,7 +154,9 @@ def test_a_dead_stage_is_restarted_by_up(up):
         time.sleep(0.2)
     assert up.pid_of("settlement") != victim
     body = __import__("orchestrator.samples", fromlist=["sample_body"]).sample_body("na")
-    payment_id = httpx.post(f"{up.base_url}/v1/payments", json=body, headers={"X-Tenant-Id": "na"}).json()["payment_id"]
+    answer = httpx.post(f"{up.base_url}/v1/payments", json=body, headers={"X-Tenant-Id": "na"})
+    assert answer.status_code == 202, (answer.status_code, answer.headers, answer.text)
+    payment_id = answer.json()["payment_id"]
     deadline = time.monotonic() + 60
     status = None
     while time.monotonic() < deadline and status != "SETTLED":

@@ -148,6 +148,22 @@ def test_broker_stopped_and_restarted_during_load(tmp_path):
         broker.stop()
 
 
+# The clearing outage lasts until a breaker opens, up to this; the rails' time limit (60 s
+# in that test) is longer, so waiting payments still settle.
+OUTAGE_MAX_S = 40
+
+
+def _breaker_lines(metrics: str) -> list[str]:
+    return [line for line in metrics.splitlines() if line.startswith("payorch_circuit_breaker_state{")]
+
+
+def _a_breaker_is_open(metrics: str) -> bool:
+    """Open is state 2, half-open 1 (orchestrator/circuit_breaker.py)."""
+    lines = _breaker_lines(metrics)
+    return any('state="open"' in line and line.endswith(" 2.0") for line in lines) or \
+        any('state="half_open"' in line and line.endswith(" 1.0") for line in lines)
+
+
 def test_clearing_simulator_down_then_back(kafka_bootstrap, tmp_path):
     system = make_system(kafka_bootstrap, tmp_path, all_rails={**FAST_BREAKERS, "time_limit_s": 60})
     try:
@@ -155,8 +171,17 @@ def test_clearing_simulator_down_then_back(kafka_bootstrap, tmp_path):
         thread, box = start_load(system, duration_s=duration_s)
         wait_for_first_settled(system)  # the flow runs end to end before the rails go away
         system.kill("clearing-sim", signal.SIGKILL)
-        time.sleep(6)  # every rail unreachable for six seconds
-        metrics_while_down = httpx.get(f"{system.base_url}/metrics", timeout=10).text
+        # Every rail unreachable for at least six seconds, and until a breaker shows it:
+        # how soon one opens depends on how fast execution reaches the rails on this
+        # machine, not on a fixed sleep. A breaker that never opens fails below.
+        down_at = time.monotonic()
+        while True:
+            time.sleep(0.5)
+            metrics_while_down = httpx.get(f"{system.base_url}/metrics", timeout=10).text
+            outage_s = time.monotonic() - down_at
+            if outage_s >= OUTAGE_MAX_S or (outage_s >= 6 and _a_breaker_is_open(metrics_while_down)):
+                break
+        print(f"rails down for {outage_s:.1f} s")
         system.start("clearing-sim")
         result = finish_load(thread, box, system)
         offered = int(RATE_PER_S * duration_s)
@@ -164,11 +189,10 @@ def test_clearing_simulator_down_then_back(kafka_bootstrap, tmp_path):
         assert counts["settled"] == offered, "payments wait for the rail instead of failing"
 
         # The wait is visible: breakers opened (metrics) and timelines show the deferrals.
-        breaker_lines = [l for l in metrics_while_down.splitlines() if l.startswith("payorch_circuit_breaker_state{")]
+        breaker_lines = _breaker_lines(metrics_while_down)
         print("breakers while the rails were down:", *breaker_lines, sep="\n  ")
         assert breaker_lines
-        assert any('state="open"' in line and line.endswith(" 2.0") for line in breaker_lines) or \
-            any('state="half_open"' in line and line.endswith(" 1.0") for line in breaker_lines), breaker_lines
+        assert _a_breaker_is_open(metrics_while_down), breaker_lines
         trips = [line for line in httpx.get(f"{system.base_url}/metrics", timeout=10).text.splitlines()
                  if line.startswith("payorch_circuit_breaker_trips{")]
         assert any(float(line.rsplit(" ", 1)[1]) >= 1 for line in trips), trips

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 from orchestrator.flow_health import FlowHealth, FlowHealthMeter, admission
+from orchestrator.stages import tracking
 from orchestrator.stages.tracking import TrackingStore
 from tests.unit.stage_fixtures import follow, received
 
@@ -45,12 +48,43 @@ def test_the_meter_counts_payments_in_flight_and_the_latency_of_those_that_ended
         meter.entered(f"p{index}", 100.5)  # the received time wins over the first-seen time
     for index in range(9):
         meter.left(f"p{index}", 101.0 + index / 10)
-    meter.saw(101.8)
+    meter.saw(101.8, recorded_at=102.0)
     reading = meter.reading(102.0)
     assert reading.in_flight == 1
     assert 1.7 <= reading.latency_p90_s <= 1.8
     assert abs(reading.tracking_lag_s - 0.2) < 1e-9
     assert meter.reading(200.0).latency_p90_s is None  # nothing ended in the window
+
+
+def test_a_quiet_flow_is_not_behind_and_a_backlog_is():
+    meter = FlowHealthMeter()
+    meter.saw(100.0, recorded_at=100.1)
+    # A minute without events: tracking is not a minute behind, it has nothing to record.
+    assert abs(meter.reading(160.0).tracking_lag_s - 0.1) < 1e-9
+    assert admission(meter.reading(160.0), accepted_since_reading=0, time_limit_s=10, now=160.0, **RULE) is None
+    # An older event recorded late (a replayed dead letter) does not move the figure...
+    meter.saw(40.0, recorded_at=160.0)
+    assert abs(meter.reading(160.0).tracking_lag_s - 0.1) < 1e-9
+    # ...but newer events that reach tracking 8 s after they occurred do, and shed.
+    meter.saw(152.0, recorded_at=160.0)
+    assert meter.reading(160.0).tracking_lag_s == 8.0
+    assert admission(meter.reading(160.0), accepted_since_reading=0, time_limit_s=10, now=160.0, **RULE) is not None
+
+
+def test_tracking_does_not_report_a_quiet_flow_as_behind(tmp_path, monkeypatch):
+    monkeypatch.setattr(tracking, "_FLOW_HEALTH_WRITE_INTERVAL_S", 0.0)  # a reading per batch
+    store = TrackingStore(tmp_path / "tracking.sqlite")
+    rec = received("emea")
+    initiated = follow(rec, "PaymentInitiated", "initiation", {"rail_hint": "sepa_inst"}, 1)
+    store.record([rec])
+    lag_after_first = store.flow_health().tracking_lag_s
+    # The same event again (a redelivery), as the only event of a batch, after the flow went quiet.
+    time.sleep(0.05)
+    store.record([rec])
+    assert store.flow_health().tracking_lag_s == lag_after_first
+    # A new event: its age when recorded (it occurred 1 s after the first).
+    store.record([initiated])
+    assert abs(lag_after_first - store.flow_health().tracking_lag_s - 1.0) < 0.5
 
 
 def test_tracking_writes_a_reading_the_intake_can_read(tmp_path):
