@@ -117,6 +117,12 @@ class IntakeSettings(BaseModel):
     admission_max_in_flight: int = Field(default=20_000, ge=1)
     # A reading older than this (tracking stopped) admits: see flow_health.admission.
     admission_stale_after_s: float = Field(default=5.0, gt=0, le=600)
+    # The Host header values (without port) the intake answers; others get 400
+    # `host-not-allowed`, so a web page cannot reach a local intake through DNS
+    # rebinding. Behind a gateway or load balancer, list the names it forwards (an
+    # entry "*" allows any). /healthz and /readyz answer any Host: load-balancer health
+    # checks name the target's address.
+    allowed_hosts: tuple[str, ...] = ("127.0.0.1", "localhost", "::1")
 
 
 class ClearingSettings(BaseModel):

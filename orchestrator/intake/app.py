@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import sqlite3
 import logging
 import time
@@ -103,6 +104,30 @@ def body_digest(body: bytes, content_type: str) -> str:
     return hashlib.sha256(content_type.encode() + b"\0" + body).hexdigest()
 
 
+def json_digest(document: dict) -> str:
+    """The digest of a JSON body's content, whatever its layout: member order,
+    whitespace and escapes do not change it, so a client that serialises its retry anew
+    is recognised as the same request. (Values are compared as parsed: amounts are
+    strings, so "125.5" and "125.50" stay different requests.)"""
+    return body_digest(orjson.dumps(document, option=orjson.OPT_SORT_KEYS), "json-canonical")
+
+
+def _no_duplicate_members(pairs: list[tuple[str, object]]) -> dict:
+    names = [name for name, _ in pairs]
+    if len(set(names)) != len(names):
+        duplicate = next(name for name in names if names.count(name) > 1)
+        raise Problem("duplicate-json-key", f"the member {duplicate[:64]!r} appears twice in one object; "
+                      "send each member once")
+    return dict(pairs)
+
+
+def refuse_duplicate_members(body: bytes) -> None:
+    """A JSON object that names a member twice is refused: parsers disagree on which one
+    wins (ours took the last), so the payment a client meant is not certain. The body
+    has already parsed as JSON, so only duplicates can fail here."""
+    json.loads(body, object_pairs_hook=_no_duplicate_members)
+
+
 def payment_id_for(tenant_id: str, idempotency_key: str | None) -> str:
     if idempotency_key is None:
         return str(uuid.uuid4())
@@ -131,7 +156,8 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
         state["publisher"].close()
         state["idempotency"].close()
 
-    app = IntakeApp(title="payorch intake", version="1", lifespan=lifespan, default_response_class=JsonResponse)
+    app = IntakeApp(title="payorch intake", version="1", lifespan=lifespan, default_response_class=JsonResponse,
+                    allowed_hosts=settings.intake.allowed_hosts)
 
     def tracking() -> TrackingStore | None:
         if state["tracking"] is None:
@@ -184,6 +210,9 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
         key = request.headers.get("idempotency-key")
         if key is None:
             return None
+        # Whitespace around a field value is not part of it (RFC 9110 5.5): "k" and "k "
+        # are one key, or a client's retry would pay twice.
+        key = key.strip(" \t")
         if not key or len(key) > _IDEMPOTENCY_KEY_MAX_CHARS or not key.isprintable():
             raise Problem("invalid-idempotency-key",
                           f"Idempotency-Key must be 1..{_IDEMPOTENCY_KEY_MAX_CHARS} printable characters")
@@ -201,25 +230,33 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def accept(tenant: TenantConfig, key: str | None, digest: str, build) -> Response:
-        """Shared idempotent acceptance: build payments, publish, remember the answer."""
+    async def accept(tenant: TenantConfig, key: str | None, digest: str, build, *,
+                     earlier_digest: str | None = None) -> Response:
+        """Shared idempotent acceptance: build payments, publish, remember the answer.
+
+        `digest` identifies the request's content; an answer stored under the key
+        with `earlier_digest` (how an earlier version identified the same content) is the
+        same request too.
+        """
         if key is None:
-            return await _accept_locked(tenant, key, digest, build)
+            return await _accept_locked(tenant, key, (digest, earlier_digest), build)
         # Requests with the same key are serialised so the second sees the first's answer.
         lock_key = (tenant.tenant_id, key)
         lock = key_locks.setdefault(lock_key, asyncio.Lock())
         try:
             async with lock:
-                return await _accept_locked(tenant, key, digest, build)
+                return await _accept_locked(tenant, key, (digest, earlier_digest), build)
         finally:
             if not lock.locked() and key_locks.get(lock_key) is lock:
                 del key_locks[lock_key]
 
-    async def _accept_locked(tenant: TenantConfig, key: str | None, digest: str, build) -> Response:
+    async def _accept_locked(tenant: TenantConfig, key: str | None, digests: tuple[str, str | None],
+                             build) -> Response:
+        digest = digests[0]
         if key is not None:
             row = state["idempotency"].lookup(tenant.tenant_id, key)
             if row is not None:
-                if row["body_sha256"] != digest:
+                if row["body_sha256"] not in digests:
                     raise Problem("idempotency-key-reused",
                                   "this Idempotency-Key was already used with a different body")
                 metrics.idempotent_replays.labels(tenant.tenant_id).inc()
@@ -286,6 +323,7 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
             raise Problem("malformed-json", f"the body is not valid JSON: {exc}") from None
         if not isinstance(raw, dict):
             raise Problem("validation-error", "the body must be a JSON object", errors=[])
+        refuse_duplicate_members(body)
         try:
             transfer = CreditTransferIn.model_validate(raw)
         except ValidationError as exc:
@@ -308,7 +346,7 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
                                       for p in problems])
             return [payment], "json", lambda ps: _accepted_body(ps[0])
 
-        return await accept(tenant, key, body_digest(body, "json"), build)
+        return await accept(tenant, key, json_digest(raw), build, earlier_digest=body_digest(body, "json"))
 
     # The hot path: every payment comes this way (see IntakeApp).
     app.add_api_route("/v1/payments", post_payment, methods=["POST"], status_code=202)

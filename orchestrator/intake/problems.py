@@ -21,6 +21,8 @@ PROBLEM_KINDS: dict[str, tuple[int, str]] = {
     "payment-invalid": (422, "The payment breaks a business rule"),
     "idempotency-key-reused": (422, "The Idempotency-Key was used with another body"),
     "invalid-idempotency-key": (400, "The Idempotency-Key header is not valid"),
+    "duplicate-json-key": (400, "A JSON object in the body names the same member twice"),
+    "host-not-allowed": (400, "The Host header names a host this intake does not serve"),
     "payment-not-found": (404, "No such payment"),
     "payment-not-settled": (409, "The payment has not settled"),
     "cycle-not-found": (404, "No such closed settlement cycle"),

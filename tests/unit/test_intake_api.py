@@ -39,7 +39,7 @@ class World:
 @pytest.fixture
 def world(tmp_path):
     world = World(tmp_path)
-    with TestClient(world.app, raise_server_exceptions=False) as client:
+    with TestClient(world.app, raise_server_exceptions=False, base_url="http://127.0.0.1:8080") as client:
         world.client = client
         yield world
 
@@ -110,13 +110,99 @@ def test_the_same_key_with_another_body_is_refused_and_not_published(world):
         "payment_id"]
 
 
+def test_a_key_with_surrounding_whitespace_is_the_same_key(world):
+    # Whitespace around a header value is not part of it (RFC 9110): one payment, not three.
+    body = sample_body("emea")
+    answers = [post(world, body, key=key) for key in ("k-ws", "k-ws ", "k-ws  ", "\tk-ws")]
+    assert {a.status_code for a in answers} == {202}
+    assert len({a.json()["payment_id"] for a in answers}) == 1
+    assert [a.headers.get("idempotent-replayed") for a in answers] == [None, "true", "true", "true"]
+    assert len(world.producer.produced) == 1
+    assert_problem(post(world, body, key="   "), 400, "invalid-idempotency-key")
+
+
+def test_a_retry_serialised_anew_is_the_same_request(world):
+    body = sample_body("emea")
+    first = post(world, json.dumps(body).encode(), key="k-layout")
+    assert first.status_code == 202, first.text
+    # Pretty-printed, members in another order, a trailing newline, an escaped letter.
+    reordered = dict(reversed(list(body.items())))
+    layouts = [json.dumps(body, indent=2).encode(), json.dumps(reordered).encode(),
+               json.dumps(body).encode() + b"\n",
+               json.dumps(body).replace('"amount"', '"\\u0061mount"').encode()]
+    for layout in layouts:
+        again = post(world, layout, key="k-layout")
+        assert again.status_code == 202, again.text
+        assert again.json() == first.json() and again.headers["idempotent-replayed"] == "true"
+    assert len(world.producer.produced) == 1
+    # Another value is another request, however it is laid out.
+    assert_problem(post(world, json.dumps({**body, "amount": "125.51"}, indent=2).encode(), key="k-layout"),
+                   422, "idempotency-key-reused")
+
+
+def test_an_answer_stored_under_the_raw_body_digest_is_still_recognised(world):
+    # Answers stored before content digests identified a request by its raw bytes.
+    from orchestrator.intake.app import body_digest
+
+    raw = json.dumps(sample_body("emea")).encode()
+    first = post(world, raw, key="k-old")
+    db = sqlite3.connect(world.settings.data_dir / "intake.sqlite")
+    db.execute("UPDATE idempotency SET body_sha256=? WHERE idempotency_key='k-old'", (body_digest(raw, "json"),))
+    db.commit()
+    db.close()
+    again = post(world, raw, key="k-old")
+    assert again.status_code == 202 and again.json() == first.json()
+    assert len(world.producer.produced) == 1
+
+
+def test_a_member_named_twice_is_refused(world):
+    body = json.dumps(sample_body("emea"))
+    doubled = body[:-1] + ', "amount": "999999.00"}'
+    problem = assert_problem(post(world, doubled.encode(), key="k-dup"), 400, "duplicate-json-key")
+    assert "'amount'" in problem["detail"]
+    nested = body.replace('"debtor": {', '"debtor": {"name": "Mallory", ', 1)
+    assert nested != body
+    assert_problem(post(world, nested.encode()), 400, "duplicate-json-key")
+    assert world.producer.produced == []
+
+
+def test_a_host_the_intake_does_not_serve_is_refused_and_nothing_redirects(world):
+    body = sample_body("emea")
+    refused = post(world, body, headers={"Host": "evil.example"})
+    assert refused.status_code == 400 and refused.headers["content-type"] == PROBLEM
+    assert refused.json()["type"].endswith("/host-not-allowed")
+    assert world.client.get("/v1/payments/x", headers={"Host": "evil.example:8080", "X-Tenant-Id": "emea"}
+                            ).json()["type"].endswith("/host-not-allowed")
+    assert world.producer.produced == []
+    # Health checks name the target's address; they answer under any Host.
+    assert world.client.get("/healthz", headers={"Host": "10.0.3.7:8080"}).status_code == 200
+    # A trailing slash is not redirected to a URL built from the Host.
+    slash = world.client.post("/v1/payments/", content=json.dumps(body).encode(), follow_redirects=False,
+                              headers={"X-Tenant-Id": "emea", "Content-Type": "application/json"})
+    assert slash.status_code == 404 and "location" not in slash.headers
+    assert post(world, body, headers={"Host": "localhost:8080"}).status_code == 202
+
+
+def test_the_host_check_reads_ports_and_ipv6_literals():
+    from orchestrator.intake.asgi import host_of
+
+    def scope(host):
+        return {"headers": [(b"host", host.encode())]}
+
+    assert host_of(scope("127.0.0.1:8080")) == "127.0.0.1"
+    assert host_of(scope("LocalHost")) == "localhost"
+    assert host_of(scope("[::1]:8080")) == "::1"
+    assert host_of(scope("[::1]")) == "::1"
+    assert host_of({"headers": []}) is None
+
+
 def test_concurrent_requests_with_one_key_publish_once_and_get_one_answer(world):
     body = json.dumps(sample_body("emea")).encode()
     headers = {"X-Tenant-Id": "emea", "Idempotency-Key": "k-race", "Content-Type": "application/json"}
 
     async def race():
         transport = httpx.ASGITransport(app=world.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://intake") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8080") as client:
             return await asyncio.gather(*(client.post("/v1/payments", content=body, headers=headers)
                                           for _ in range(5)))
 

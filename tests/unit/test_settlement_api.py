@@ -47,7 +47,7 @@ def world(tmp_path):
     outputs = close_all(settlement, at(CYCLE_S + GRACE_S))
     tracking.handle_batch([good, bad, *settled, *outputs], at(20))
     settings = Settings(data_dir=tmp_path, kafka={"bootstrap_servers": "127.0.0.1:9"})
-    with TestClient(create_app(settings, TENANTS, publisher=NoPublisher())) as client:
+    with TestClient(create_app(settings, TENANTS, publisher=NoPublisher()), base_url="http://127.0.0.1") as client:
         yield client, good, bad, tmp_path
     settlement.close()
     tracking.close()
