@@ -31,6 +31,7 @@ from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from orchestrator.domain import MoneyError, Payment
 from orchestrator.events import deterministic_uuid4, received_event
@@ -223,11 +224,16 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
         if declared and declared.isdigit() and int(declared) > limit:
             raise Problem("payload-too-large", f"the body exceeds {limit} bytes")
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise Problem("payload-too-large", f"the body exceeds {limit} bytes")
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise Problem("payload-too-large", f"the body exceeds {limit} bytes")
+                chunks.append(chunk)
+        except ClientDisconnect:
+            # The client went away mid-body: nothing was accepted and nobody reads the
+            # answer. Counted as its own kind, not logged as an internal error.
+            raise Problem("client-disconnected", f"the client closed the connection after {size} bytes") from None
         return b"".join(chunks)
 
     async def accept(tenant: TenantConfig, key: str | None, digest: str, build, *,
@@ -486,11 +492,11 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
         summary = await asyncio.to_thread(_ledger_summary, settings, tenant.tenant_id)
         return {"tenant_id": tenant.tenant_id, **summary}
 
-    @app.get("/healthz")
+    @app.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz():
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.api_route("/readyz", methods=["GET", "HEAD"])
     async def readyz():
         now = time.monotonic()
         if now - state["ready_checked_at"] > _READINESS_CACHE_S:

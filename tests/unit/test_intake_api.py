@@ -275,6 +275,40 @@ def test_an_unexpected_error_answers_500_problem_json(world, monkeypatch):
     assert "boom" not in answer.text
 
 
+def test_a_client_that_leaves_mid_body_is_not_an_internal_error(world, caplog):
+    body = json.dumps(sample_body("emea")).encode()
+    messages = [{"type": "http.request", "body": body[:40], "more_body": True}, {"type": "http.disconnect"}]
+    sent = []
+
+    async def receive():
+        return messages.pop(0)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/payments", "raw_path": b"/v1/payments",
+             "root_path": "", "query_string": b"", "scheme": "http", "http_version": "1.1",
+             "server": ("127.0.0.1", 8080), "client": ("127.0.0.1", 5555),
+             "headers": [(b"host", b"127.0.0.1:8080"), (b"x-tenant-id", b"emea"),
+                         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+
+    async def call():
+        await world.app(scope, receive, send)
+
+    world.client.portal.call(call)
+    assert sent[0]["status"] == 400
+    assert b"client-disconnected" in sent[1]["body"]
+    assert world.producer.produced == []
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    metrics = world.client.get("/metrics").text
+    assert 'payorch_intake_problems_total{type="client-disconnected"} 1.0' in metrics
+    assert 'type="internal-error"' not in metrics
+
+
+def test_health_answers_head(world):
+    assert world.client.head("/healthz").status_code == 200
+
+
 def test_accepted_payments_count_in_the_metrics(world):
     post(world, sample_body("emea"))
     post(world, sample_body("emea"))
