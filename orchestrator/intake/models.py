@@ -6,15 +6,34 @@ through binary floating point in most clients before it reaches us.
 
 from __future__ import annotations
 
+import re
 from datetime import date
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictStr, StringConstraints, field_validator
 
-from orchestrator.domain import Account, Agent, Party, Payment, to_minor_units
+from orchestrator.domain import Account, Agent, MoneyError, Party, Payment, to_minor_units
+
+# C0 and C1 control characters (U+0085 among them) and the Unicode line and paragraph
+# separators: none belongs in a name, a reference or remittance text, and each can break
+# a fixed-width or line-based format downstream (camt.054, statements, logs).
+_CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# The one accepted notation of an amount: digits, optionally a point and more digits. No
+# spaces, no plus sign, no leading zeros, nothing before or after the point left empty
+# (" 125.50 ", "+5", "007", ".5" and "5." are refused). A leading minus parses, so a
+# negative amount is refused for what it is (amount_not_positive).
+_CANONICAL_AMOUNT = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?")
 
 
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    @field_validator("*")
+    @classmethod
+    def _no_control_characters(cls, value: object) -> object:
+        if isinstance(value, str) and _CONTROL_CHARACTERS.search(value):
+            raise ValueError("control characters and line separators are not allowed")
+        return value
 
 
 class AccountIn(_In):
@@ -37,7 +56,9 @@ class PartyIn(_In):
 
 class CreditTransferIn(_In):
     end_to_end_id: StrictStr | None = Field(default=None, min_length=1, max_length=35)
-    amount: StrictStr = Field(min_length=1, max_length=32, description="Decimal string, e.g. \"125.50\"")
+    # Not stripped: an amount with spaces around it is not in the canonical form.
+    amount: Annotated[str, Strict(), StringConstraints(strip_whitespace=False)] = Field(
+        min_length=1, max_length=32, description="Decimal string, e.g. \"125.50\"")
     currency: StrictStr = Field(pattern=r"^[A-Z]{3}$")
     debtor: PartyIn
     creditor: PartyIn
@@ -54,6 +75,9 @@ class CreditTransferIn(_In):
 
     def to_payment(self, payment_id: str, tenant_id: str) -> Payment:
         """Raises MoneyError (with a reason code) for amounts the currency cannot hold."""
+        if not _CANONICAL_AMOUNT.fullmatch(self.amount):
+            raise MoneyError("invalid_amount", f"amount {self.amount[:32]!r} is not written as digits with an "
+                             "optional point and digits, e.g. \"125.50\" (no spaces, signs or leading zeros)")
         amount_minor = to_minor_units(self.amount, self.currency)
         return Payment(
             payment_id=payment_id,

@@ -233,6 +233,34 @@ def test_bad_requests_answer_problem_json_and_publish_nothing(world, case, reque
     assert world.producer.produced == []
 
 
+@pytest.mark.parametrize("amount", [" 125.50 ", "125.50 ", ".5", "5.", "+5", "007.00", "1e3", "1,50", "12 5"])
+def test_an_amount_not_in_the_canonical_form_is_refused(world, amount):
+    problem = assert_problem(post(world, {**sample_body("emea"), "amount": amount}), 422, "payment-invalid")
+    assert (problem["reason_code"], problem["field"]) == ("invalid_amount", "amount")
+    assert world.producer.produced == []
+
+
+@pytest.mark.parametrize("amount", ["125.50", "0.5", "5", "125.500"])
+def test_canonical_amounts_are_accepted(world, amount):
+    assert post(world, {**sample_body("emea"), "amount": amount}).status_code == 202
+
+
+@pytest.mark.parametrize(("field", "text"), [("remittance_information", "Invoice\u0085 42"),
+                                             ("remittance_information", "line\nbreak"),
+                                             ("end_to_end_id", "E2E\x00"), ("debtor.name", "Muller\u2028GmbH"),
+                                             ("creditor.name", "Tab\there")])
+def test_control_characters_in_free_text_are_refused(world, field, text):
+    body = json.loads(json.dumps(sample_body("emea")))
+    target = body
+    *path, name = field.split(".")
+    for part in path:
+        target = target[part]
+    target[name] = text
+    problem = assert_problem(post(world, body), 422, "validation-error")
+    assert problem["errors"][0]["field"] == field
+    assert world.producer.produced == []
+
+
 def test_problems_carry_their_details(world):
     schema = assert_problem(post(world, {**sample_body("emea"), "amount": 125.5}), 422, "validation-error")
     assert schema["errors"] == [{"field": "amount", "message": "Input should be a valid string", "type": "string_type"}]
