@@ -168,6 +168,21 @@ class System:
                 process.kill()
                 process.wait()
 
+    def process_states(self) -> dict[str, str]:
+        """Each process: running, or how it exited (a stage that died is a stuck flow's
+        first suspect, since this harness restarts only what a test restarts)."""
+        return {name: "running" if process.poll() is None else f"exited {process.returncode}"
+                for name, process in self.processes.items()}
+
+    def log_problems(self, name: str, lines: int = 5) -> list[str]:
+        """The last WARNING and ERROR lines of a process's log."""
+        path = self.log_dir / f"{name}.log"
+        if not path.exists():
+            return []
+        found = [line[:400] for line in path.read_text(errors="replace").splitlines()
+                 if '"level":"WARNING"' in line or '"level":"ERROR"' in line or "Traceback" in line]
+        return found[-lines:]
+
     def log_tail(self, name: str, lines: int = 30) -> str:
         path = self.log_dir / f"{name}.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""

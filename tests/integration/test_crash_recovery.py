@@ -48,7 +48,14 @@ def diagnose(system: System, payment_ids: list[str]) -> list[dict]:
             message = consumer.poll(10)
             finding["at_offset"] = None if message is None or message.error() else (message.key() or b"").decode()
             consumer.close()
+            # How far it got: the last event tracking recorded names the stage it waits behind.
+            record = system.get(line["tenant_id"], payment_id)
+            finding["timeline"] = ([(t["stage"], t["event_type"]) for t in record.json().get("timeline", [])]
+                                   if record.status_code == 200 else record.status_code)
         findings.append(finding)
+    findings.append({"processes": system.process_states(),
+                     "warnings": {name: system.log_problems(name) for name in system.processes
+                                  if name != "intake" and system.log_problems(name)}})
     return findings
 
 
