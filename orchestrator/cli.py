@@ -57,7 +57,9 @@ def intake() -> None:
     configure_logging("intake", settings.log_level, settings.log_format)
     application = create_app(settings, load_configured_tenants(settings))
     uvicorn.run(application, host=settings.intake.host, port=settings.intake.port, log_level="warning",
-                access_log=False, timeout_graceful_shutdown=10)
+                access_log=False, timeout_graceful_shutdown=10,
+                limit_concurrency=settings.intake.max_concurrent_connections,
+                timeout_keep_alive=settings.intake.keep_alive_timeout_s)
 
 
 @app.command("clearing-sim")

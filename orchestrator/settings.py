@@ -123,6 +123,14 @@ class IntakeSettings(BaseModel):
     # entry "*" allows any). /healthz and /readyz answer any Host: load-balancer health
     # checks name the target's address.
     allowed_hosts: tuple[str, ...] = ("127.0.0.1", "localhost", "::1")
+    # A client must deliver its whole body within this long (408 `request-timeout`
+    # otherwise): a slow body holds a connection and its buffer for nothing.
+    body_read_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    # Connections and requests served at once by one intake process; past it the server
+    # answers 503 at once instead of queueing without bound.
+    max_concurrent_connections: int = Field(default=2_048, ge=1, le=100_000)
+    # An idle keep-alive connection is closed after this long.
+    keep_alive_timeout_s: float = Field(default=5.0, gt=0, le=300)
 
 
 class ClearingSettings(BaseModel):

@@ -224,12 +224,17 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
         if declared and declared.isdigit() and int(declared) > limit:
             raise Problem("payload-too-large", f"the body exceeds {limit} bytes")
         chunks, size = [], 0
+        timeout_s = settings.intake.body_read_timeout_s
         try:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise Problem("payload-too-large", f"the body exceeds {limit} bytes")
-                chunks.append(chunk)
+            async with asyncio.timeout(timeout_s):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise Problem("payload-too-large", f"the body exceeds {limit} bytes")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise Problem("request-timeout", f"the body did not arrive within {timeout_s:g} s ({size} bytes came)",
+                          headers={"Connection": "close"}) from None
         except ClientDisconnect:
             # The client went away mid-body: nothing was accepted and nobody reads the
             # answer. Counted as its own kind, not logged as an internal error.

@@ -17,6 +17,7 @@ PROBLEM_KINDS: dict[str, tuple[int, str]] = {
     "malformed-json": (400, "The body is not valid JSON"),
     "unsupported-media-type": (415, "Unsupported content type"),
     "payload-too-large": (413, "The body is too large"),
+    "request-timeout": (408, "The body did not arrive in time"),
     "client-disconnected": (400, "The client closed the connection before the body was complete"),
     "validation-error": (422, "The payment is not valid"),
     "payment-invalid": (422, "The payment breaks a business rule"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 
 import httpx
 import pytest
@@ -25,9 +26,9 @@ PROBLEM = "application/problem+json"
 
 
 class World:
-    def __init__(self, tmp_path) -> None:
+    def __init__(self, tmp_path, intake: dict | None = None) -> None:
         self.settings = Settings(data_dir=tmp_path, kafka={"bootstrap_servers": "127.0.0.1:9"},
-                                 intake={"publish_timeout_s": 0.2})
+                                 intake={"publish_timeout_s": 0.2, **(intake or {})})
         self.producer = FakeProducer()
         publisher = EventPublisher(self.producer, CODEC, TopicNamer(self.settings.topic_template))
         self.app = create_app(self.settings, TENANTS, publisher=publisher)
@@ -303,6 +304,15 @@ def test_an_unexpected_error_answers_500_problem_json(world, monkeypatch):
     assert "boom" not in answer.text
 
 
+def post_scope(body: bytes) -> dict:
+    """The ASGI scope of a POST /v1/payments, for tests that drive the body by hand."""
+    return {"type": "http", "method": "POST", "path": "/v1/payments", "raw_path": b"/v1/payments",
+            "root_path": "", "query_string": b"", "scheme": "http", "http_version": "1.1",
+            "server": ("127.0.0.1", 8080), "client": ("127.0.0.1", 5555),
+            "headers": [(b"host", b"127.0.0.1:8080"), (b"x-tenant-id", b"emea"),
+                        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+
+
 def test_a_client_that_leaves_mid_body_is_not_an_internal_error(world, caplog):
     body = json.dumps(sample_body("emea")).encode()
     messages = [{"type": "http.request", "body": body[:40], "more_body": True}, {"type": "http.disconnect"}]
@@ -314,11 +324,7 @@ def test_a_client_that_leaves_mid_body_is_not_an_internal_error(world, caplog):
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "method": "POST", "path": "/v1/payments", "raw_path": b"/v1/payments",
-             "root_path": "", "query_string": b"", "scheme": "http", "http_version": "1.1",
-             "server": ("127.0.0.1", 8080), "client": ("127.0.0.1", 5555),
-             "headers": [(b"host", b"127.0.0.1:8080"), (b"x-tenant-id", b"emea"),
-                         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+    scope = post_scope(body)
 
     async def call():
         await world.app(scope, receive, send)
@@ -331,6 +337,32 @@ def test_a_client_that_leaves_mid_body_is_not_an_internal_error(world, caplog):
     metrics = world.client.get("/metrics").text
     assert 'payorch_intake_problems_total{type="client-disconnected"} 1.0' in metrics
     assert 'type="internal-error"' not in metrics
+
+
+def test_a_body_that_does_not_arrive_in_time_is_refused_408(tmp_path):
+    world = World(tmp_path, intake={"body_read_timeout_s": 0.2})
+    body = json.dumps(sample_body("emea")).encode()
+    sent = []
+
+    messages = [{"type": "http.request", "body": body[:40], "more_body": True}]
+
+    async def receive():
+        if messages:
+            return messages.pop(0)
+        await asyncio.sleep(30)  # the rest never comes
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = post_scope(body)
+    with TestClient(world.app, base_url="http://127.0.0.1:8080") as client:
+        started = time.monotonic()
+        client.portal.call(world.app, scope, receive, send)
+        assert time.monotonic() - started < 5
+    assert sent[0]["status"] == 408
+    assert b"request-timeout" in sent[1]["body"]
+    assert world.producer.produced == []
 
 
 def test_health_answers_head(world):
