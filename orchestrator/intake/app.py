@@ -191,7 +191,8 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         kind = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "internal-error")
-        return problem_response(Problem(kind, str(exc.detail)), request)
+        # A 405 carries the methods the path takes (`Allow`, RFC 9110 15.5.6).
+        return problem_response(Problem(kind, str(exc.detail), headers=dict(exc.headers or {})), request)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

@@ -276,6 +276,7 @@ def test_other_methods_on_the_payments_path_answer_405(world):
         answer = world.client.request(method, "/v1/payments", headers={"X-Tenant-Id": "emea"})
         assert answer.status_code == 405
         assert answer.json()["type"].endswith("/method-not-allowed")
+        assert answer.headers["allow"] == "POST"
 
 
 def test_an_unconfirmed_publish_answers_503_and_a_retry_with_the_key_goes_through(world):
