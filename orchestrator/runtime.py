@@ -34,6 +34,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -95,6 +96,12 @@ class RuntimeStats:
 
 # A transactional call still blocked this long after its own timeout is hung, not slow.
 TXN_CALL_HANG_GRACE_S = 10.0
+# send_offsets_to_transaction's own timeout. It is one round trip to the group
+# coordinator (milliseconds, seconds on a starved machine), and it is the call that hangs
+# past its timeout after a broker restart (see HangWatchdog): with the 30 s produce
+# timeout, a stage sat 40 s after the broker was back before the watchdog replaced it,
+# and in the broker-restart drill most payments then missed their rails' time limits.
+TXN_OFFSETS_TIMEOUT_S = 10.0
 # A consume loop that has not come round for this long is hung; Kafka's own
 # max.poll.interval.ms would take its partitions away at the same point.
 LOOP_STALL_MAX_S = 120.0
@@ -232,6 +239,9 @@ def call_retrying(watchdog: HangWatchdog, name: str, call, timeout_s: float, att
             if not exc.args[0].retriable() or attempt == attempts:
                 raise
             log.warning("retrying %s (%d/%d): %s", name, attempt, attempts, exc.args[0], extra={"stage": stage})
+            # A transport failure is reported at once ("after 0ms"); give the client a
+            # moment to reconnect before the next attempt.
+            time.sleep(min(1.0, 0.1 * 2 ** attempt))
 
 
 class Checkpoint(ABC):
@@ -324,9 +334,13 @@ class TransactionalCheckpoint(Checkpoint):
             for role, consumer in runner.consumers_by_role().items():
                 offsets = self.offsets_of(role)
                 if offsets:
-                    with runner.watchdog.guard("send_offsets_to_transaction", timeout_s):
-                        self.producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(),
-                                                                  timeout_s)
+                    # A retriable error (the coordinator's connection lost, typically just
+                    # after a broker came back) is retried in place rather than ending the
+                    # process: the transaction is still open and the offsets still apply.
+                    metadata = consumer.consumer_group_metadata()
+                    call_retrying(runner.watchdog, "send_offsets_to_transaction",
+                                  partial(self.producer.send_offsets_to_transaction, offsets, metadata),
+                                  min(timeout_s, TXN_OFFSETS_TIMEOUT_S), TXN_COMMIT_ATTEMPTS_MAX, runner.handler.name)
             hold_s = runner.settings.runtime.drill_hold_transaction_s
             if hold_s and self.record_count:
                 log.warning("drill: holding a transaction of %d records open for %.1f s", self.record_count, hold_s,

@@ -211,6 +211,41 @@ def test_a_kafka_call_hung_past_its_timeout_ends_the_process():
     assert 2.5 < time.monotonic() - started < 10
 
 
+def test_a_retriable_transaction_call_is_retried_in_place_and_anything_else_propagates(monkeypatch):
+    # send_offsets_to_transaction failed with a transport error just after a broker came
+    # back; the stage process died of it and lost ten seconds to its restart.
+    from confluent_kafka import KafkaError, KafkaException
+
+    from orchestrator import runtime
+
+    monkeypatch.setattr(runtime.time, "sleep", lambda _s: None)
+    dog = runtime.HangWatchdog("test")
+    calls = []
+
+    def flaky(timeout_s):
+        calls.append(timeout_s)
+        if len(calls) == 1:
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT, "Broker transport failure", retriable=True))
+
+    runtime.call_retrying(dog, "send_offsets_to_transaction", flaky, 10.0, 3, "test")
+    assert calls == [10.0, 10.0]
+
+    def abortable(_timeout_s):
+        raise KafkaException(KafkaError(KafkaError._STATE, "abort it", txn_requires_abort=True))
+
+    with pytest.raises(KafkaException, match="abort it"):
+        runtime.call_retrying(dog, "send_offsets_to_transaction", abortable, 10.0, 3, "test")
+
+    def always_down(_timeout_s):
+        calls.append("down")
+        raise KafkaException(KafkaError(KafkaError._TRANSPORT, "still down", retriable=True))
+
+    calls.clear()
+    with pytest.raises(KafkaException, match="still down"):
+        runtime.call_retrying(dog, "send_offsets_to_transaction", always_down, 10.0, 3, "test")
+    assert calls == ["down"] * 3
+
+
 def test_dlq_tools_ride_out_a_moving_partition_leader(monkeypatch):
     from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
