@@ -34,16 +34,16 @@ _DLQ_RETENTION_MS = 7 * 24 * 3600 * 1000
 # only bounds how often a consumer with nothing to read asks again: idle fetches, and
 # their expiry in the broker's purgatory, were most of an idle broker's work.
 # - main: a stage on a payment's path. One byte, so a hop never waits for data already
-#   committed; 100 ms between idle fetches. 500 ms halved the idle broker, but with it
-#   the clearing-outage fault test failed twice in fresh-clone CI (its breakers had not
-#   opened within the outage) and passed every time alone; until that is understood the
-#   wait stays at 100 ms (docs/PERFORMANCE.md).
+#   committed; 500 ms between idle fetches (100 ms cost the broker twice as much idle, for
+#   no latency: see docs/PERFORMANCE.md). Withdrawn once because the clearing-outage fault
+#   test failed with it in CI; that test assumed how fast breakers open, and ran while
+#   the broker was still creating its partitions (both fixed in f86c423).
 # - sink: tracking, a read model of every topic (36 partitions for four tenants). Woken
 #   by every commit of every stage, its fetches were a third of the broker's CPU at
 #   100/s; it now asks for 64 KiB or 100 ms, whichever comes first, so its view trails
 #   the flow by at most about 100 ms. (No payment's timestamps pass through it.)
 # - retry: nearly always empty topics whose events wait seconds anyway.
-_FETCH_BATCHING = {"main": (1, 100), "sink": (64 * 1024, 100), "retry": (1, 500)}
+_FETCH_BATCHING = {"main": (1, 500), "sink": (64 * 1024, 100), "retry": (1, 1000)}
 
 
 # The first retry of a failed producer request (see producer_config).
