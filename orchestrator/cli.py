@@ -16,7 +16,9 @@ app = typer.Typer(help="payorch: event-driven real-time payment orchestrator", n
 topics_app = typer.Typer(help="Kafka topics of every tenant", no_args_is_help=True)
 dlq_app = typer.Typer(help="Dead-letter topics: list, show and replay", no_args_is_help=True)
 ledger_app = typer.Typer(help="The double-entry ledger", no_args_is_help=True)
+apikey_app = typer.Typer(help="API keys of the intake: create, list, revoke", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
+app.add_typer(apikey_app, name="apikey")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(ledger_app, name="ledger")
 
@@ -166,16 +168,90 @@ def ledger_verify() -> None:
     raise typer.Exit(0 if result.ok else 1)
 
 
+def _credential_store():
+    from orchestrator.intake.credentials import CREDENTIALS_FILE, CredentialStore
+
+    return CredentialStore(get_settings().data_dir / CREDENTIALS_FILE)
+
+
+@apikey_app.command("create")
+def apikey_create(
+    tenant: Annotated[str, typer.Option(help="the tenant the key acts for")],
+    scope: Annotated[list[str] | None, typer.Option(
+        help="payments:submit, payments:read or operate (repeatable); default: submit and read")] = None,
+    label: Annotated[str, typer.Option(help="who or what uses the key")] = "",
+) -> None:
+    """Create a key; it is printed once, as the last token of the output, and never stored."""
+    from orchestrator.bootstrap import load_configured_tenants
+    from orchestrator.intake.credentials import DEFAULT_SCOPES, CredentialError
+
+    tenant = tenant.strip().lower()
+    if tenant not in load_configured_tenants(get_settings()):
+        typer.echo(f"tenant {tenant!r} is not configured", err=True)
+        raise typer.Exit(2)
+    store = _credential_store()
+    try:
+        key, credential = store.create(tenant, tuple(scope or DEFAULT_SCOPES), label)
+    except CredentialError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    finally:
+        store.close()
+    typer.echo(f"created {credential.key_id} for tenant {tenant} with {', '.join(sorted(credential.scopes))}; "
+               "store the key now, it is not shown again:")
+    typer.echo(key)
+
+
+@apikey_app.command("list")
+def apikey_list() -> None:
+    """Every key's id, tenant, scopes and state (never the key itself)."""
+    store = _credential_store()
+    try:
+        credentials = store.list()
+    finally:
+        store.close()
+    for credential in credentials:
+        state = f"revoked {credential.revoked_at}" if credential.revoked_at else "live"
+        typer.echo(f"{credential.key_id}  {credential.tenant_id:<6} {','.join(sorted(credential.scopes)):<40} "
+                   f"created {credential.created_at}  {state}  {credential.label}")
+    typer.echo(f"{len(credentials)} keys, {sum(c.revoked_at is None for c in credentials)} live")
+
+
+@apikey_app.command("revoke")
+def apikey_revoke(key_id: Annotated[str, typer.Argument(help="the key id, as `apikey list` shows it")]) -> None:
+    """Revoke a key: the intake refuses it within two seconds."""
+    from orchestrator.intake.credentials import CredentialError
+
+    store = _credential_store()
+    try:
+        credential = store.revoke(key_id.strip())
+    except CredentialError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    finally:
+        store.close()
+    typer.echo(f"revoked {credential.key_id} of tenant {credential.tenant_id}")
+
+
 @app.command()
 def demo(
     url: Annotated[str, typer.Option(help="intake base URL")] = "http://127.0.0.1:8080",
     per_tenant: Annotated[int, typer.Option(help="payments per tenant", min=1, max=1_000)] = 3,
     timeout_s: Annotated[float, typer.Option(help="how long to wait for every payment to end")] = 60.0,
 ) -> None:
-    """Send sample payments of every tenant and show each one's journey."""
-    from orchestrator.demo import run_demo
+    """Send sample payments of every tenant and show each one's journey.
 
-    raise typer.Exit(run_demo(url, per_tenant=per_tenant, timeout_s=timeout_s))
+    Uses the local keys `payorch up` wrote (api-keys.json in the data dir)."""
+    from orchestrator.demo import run_demo
+    from orchestrator.intake.credentials import local_keys_path, read_local_keys
+
+    data_dir = get_settings().data_dir
+    keys = read_local_keys(data_dir)
+    if not keys:
+        typer.echo(f"no API keys in {local_keys_path(data_dir)}: run `payorch up` once, or create keys with "
+                   "`payorch apikey create` and write them there as {\"tenant\": \"key\"}", err=True)
+        raise typer.Exit(2)
+    raise typer.Exit(run_demo(url, keys, per_tenant=per_tenant, timeout_s=timeout_s))
 
 
 def main() -> None:

@@ -10,12 +10,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from orchestrator.intake.credentials import bearer
 from orchestrator.samples import sample_payments
 
 TERMINAL = ("SETTLED", "REJECTED", "FAILED")
 
 
-def run_demo(base_url: str, *, per_tenant: int, timeout_s: float) -> int:
+def run_demo(base_url: str, keys: dict[str, str], *, per_tenant: int, timeout_s: float) -> int:
+    """`keys`: tenant id -> API key; a tenant without one is reported and skipped."""
     console = Console()
     try:
         httpx.get(f"{base_url}/healthz", timeout=2).raise_for_status()
@@ -25,8 +27,11 @@ def run_demo(base_url: str, *, per_tenant: int, timeout_s: float) -> int:
     submitted: list[tuple[str, str, str]] = []  # (tenant, payment id, label)
     with httpx.Client(base_url=base_url, timeout=10) as client:
         for tenant, label, body in sample_payments(per_tenant):
+            if tenant not in keys:
+                console.print(f"[red]{tenant} {label}: no API key for tenant {tenant}; skipped[/red]")
+                continue
             answer = client.post("/v1/payments", json=body,
-                                 headers={"X-Tenant-Id": tenant, "Idempotency-Key": f"demo-{uuid.uuid4()}"})
+                                 headers={**bearer(keys[tenant]), "Idempotency-Key": f"demo-{uuid.uuid4()}"})
             if answer.status_code != 202:
                 console.print(f"[red]{tenant} {label}: {answer.status_code} {answer.text}[/red]")
                 continue
@@ -40,7 +45,7 @@ def run_demo(base_url: str, *, per_tenant: int, timeout_s: float) -> int:
                 for tenant, payment_id, _ in submitted:
                     if payment_id in records:
                         continue
-                    answer = client.get(f"/v1/payments/{payment_id}", headers={"X-Tenant-Id": tenant})
+                    answer = client.get(f"/v1/payments/{payment_id}", headers=bearer(keys[tenant]))
                     if answer.status_code == 200 and answer.json()["status"] in TERMINAL:
                         records[payment_id] = answer.json()
                         progress.advance(task)
@@ -48,7 +53,7 @@ def run_demo(base_url: str, *, per_tenant: int, timeout_s: float) -> int:
         for tenant, payment_id, label in submitted:
             record = records.get(payment_id)
             if record is None:
-                record = client.get(f"/v1/payments/{payment_id}", headers={"X-Tenant-Id": tenant}).json()
+                record = client.get(f"/v1/payments/{payment_id}", headers=bearer(keys[tenant])).json()
             table = Table(title=f"{tenant} · {label} · {payment_id} · {record.get('status')}", title_justify="left")
             for column in ("stage", "event", "at", "details"):
                 table.add_column(column)

@@ -12,13 +12,15 @@ import asyncio
 import statistics
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import aiohttp
 import orjson
 
-from orchestrator.samples import round_robin_bodies
+from orchestrator.intake.credentials import bearer
+from orchestrator.samples import TENANTS, round_robin_bodies
 
 TERMINAL = ("SETTLED", "REJECTED", "FAILED")
 # Requests in flight at once; above the offered rate times the intake's latency, so the
@@ -89,11 +91,16 @@ class LoadResult:
         return lines
 
 
-async def offer_load(base_url: str, *, rate_per_s: float, duration_s: float, drain_timeout_s: float,
-                     progress=None, retry_unavailable_s: float = 0.0) -> LoadResult:
-    """Offer the load. With `retry_unavailable_s`, a request answered 503 (or lost in
-    transport) is sent again with the same Idempotency-Key for up to that long, as a
-    well-behaved client does when the intake says the outcome is unknown."""
+async def offer_load(base_url: str, api_keys: Mapping[str, str], *, rate_per_s: float, duration_s: float,
+                     drain_timeout_s: float, progress=None, retry_unavailable_s: float = 0.0) -> LoadResult:
+    """Offer the load, each tenant's payments under its API key (`api_keys`: tenant id ->
+    key, one for every tenant of the traffic). With `retry_unavailable_s`, a request
+    answered 503 (or lost in transport) is sent again with the same Idempotency-Key for up
+    to that long, as a well-behaved client does when the intake says the outcome is unknown."""
+    missing = sorted(set(TENANTS) - set(api_keys))
+    if missing:
+        raise ValueError(f"no API key for tenants {', '.join(missing)}")
+    auth = {tenant: bearer(key) for tenant, key in api_keys.items()}
     result = LoadResult()
     submitted: dict[str, str] = {}  # payment id -> tenant
     connector = aiohttp.TCPConnector(limit=MAX_IN_FLIGHT_REQUESTS)
@@ -114,7 +121,7 @@ async def offer_load(base_url: str, *, rate_per_s: float, duration_s: float, dra
                     started = time.perf_counter()
                     try:
                         async with client.post("/v1/payments", json=body, headers={
-                                "X-Tenant-Id": tenant, "Idempotency-Key": key}) as answer:
+                                **auth[tenant], "Idempotency-Key": key}) as answer:
                             payload = await answer.read()
                             status = answer.status
                             retry_after_s = _retry_after_s(answer.headers.get("Retry-After"))
@@ -153,7 +160,7 @@ async def offer_load(base_url: str, *, rate_per_s: float, duration_s: float, dra
         await asyncio.gather(*tasks)
         result.send_seconds = time.perf_counter() - start
         drain_started = time.perf_counter()
-        records = await _wait_terminal(client, submitted, drain_timeout_s, progress)
+        records = await _wait_terminal(client, submitted, drain_timeout_s, progress, auth)
         result.drain_seconds = time.perf_counter() - drain_started
     for payment_id, record in records.items():
         result.statuses[record["status"]] = result.statuses.get(record["status"], 0) + 1
@@ -180,7 +187,7 @@ def _retry_after_s(value: str | None) -> float | None:
 
 
 async def _wait_terminal(client: aiohttp.ClientSession, submitted: dict[str, str], timeout_s: float,
-                         progress) -> dict[str, dict]:
+                         progress, auth: Mapping[str, dict[str, str]]) -> dict[str, dict]:
     done: dict[str, dict] = {}
     deadline = time.monotonic() + timeout_s
     semaphore = asyncio.Semaphore(STATUS_POLL_CONCURRENCY)
@@ -188,7 +195,7 @@ async def _wait_terminal(client: aiohttp.ClientSession, submitted: dict[str, str
     async def check(payment_id: str, tenant: str) -> None:
         async with semaphore:
             try:
-                async with client.get(f"/v1/payments/{payment_id}", headers={"X-Tenant-Id": tenant}) as answer:
+                async with client.get(f"/v1/payments/{payment_id}", headers=auth[tenant]) as answer:
                     if answer.status != 200:
                         return
                     record = orjson.loads(await answer.read())

@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 
 from orchestrator.bootstrap import STAGE_NAMES, load_configured_tenants
+from orchestrator.intake.credentials import ensure_local_keys
 from orchestrator.kafka_clients import create_topics
 from orchestrator.settings import REPO_ROOT, Settings
 
@@ -125,6 +126,9 @@ class Supervisor:
             created, existing = create_topics(settings, tenants)
             self.echo(f"topics: {len(created)} created, {len(existing)} already there, for tenants "
                       f"{', '.join(sorted(tenants))}")
+            keys_file, new_keys = ensure_local_keys(settings.data_dir, sorted(tenants))
+            self.echo(f"API keys: one per tenant in {keys_file}"
+                      + (f" (new for {', '.join(new_keys)})" if new_keys else " (kept from the last run)"))
             rail_urls = self.rail_urls(tenants)
             env = self._env(bootstrap)
             env["PAYORCH_CLEARING__RAIL_URLS"] = json.dumps(rail_urls)
@@ -134,7 +138,8 @@ class Supervisor:
             self.echo(f"started {len(self.children)} processes; logs in {self.log_dir}")
             self._wait_for_intake()
             intake_url = f"http://{settings.intake.host}:{settings.intake.port}"
-            self.echo(f"ready: intake on {intake_url} (POST /v1/payments with X-Tenant-Id), Ctrl-C to stop")
+            self.echo(f"ready: intake on {intake_url} (POST /v1/payments with Authorization: Bearer <key from "
+                      f"{keys_file.name}>), Ctrl-C to stop")
             self._monitor(env)
         finally:
             self.shutdown()

@@ -113,7 +113,8 @@ class Bench:
                   f"answered {report['answered']:,}  accepted {report['accepted']:,}", flush=True)
 
         summary = run_loadgen(self.loadgen, "send",
-                              {"url": self.stack.url, "requests": str(requests), "results": str(results),
+                              {"url": self.stack.url, "keys": str(self.stack.keys_file), "requests": str(requests),
+                               "results": str(results),
                                "connections": str(self.args.connections), "send-limit": f"{SEND_LIMIT_S:.0f}s",
                                "timeout": f"{REQUEST_TIMEOUT_S:.0f}s"},
                               time_limit_s=duration_s + SEND_LIMIT_S + REQUEST_TIMEOUT_S + BACKSTOP_MARGIN_S,
@@ -136,7 +137,8 @@ class Bench:
                   f"({time.monotonic() - began:.0f}s)", flush=True)
 
         run_loadgen(self.loadgen, "fetch",
-                    {"url": self.stack.url, "payments": str(listing), "results": str(records),
+                    {"url": self.stack.url, "keys": str(self.stack.keys_file), "payments": str(listing),
+                     "results": str(records),
                      "concurrency": str(concurrency), "deadline": f"{deadline_s:.0f}s"},
                     time_limit_s=deadline_s + BACKSTOP_MARGIN_S, on_progress=progress)
         return records
@@ -274,7 +276,7 @@ def run(args: argparse.Namespace) -> dict:
     with ExitStack() as cleanup:
         work = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="payorch-bench-work-")))
         if args.url:
-            stack = StackInfo(url=args.url, bootstrap=args.bootstrap, run_dir=args.run_dir)
+            stack = StackInfo(url=args.url, bootstrap=args.bootstrap, run_dir=args.run_dir, keys_file=args.keys_file)
         else:
             stack = cleanup.enter_context(OwnStack(exactly_once=not args.at_least_once,
                                                    keep_logs_in=args.out / "logs"))
@@ -316,6 +318,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--url", help="benchmark a running stack at this loopback URL instead of starting one")
     parser.add_argument("--run-dir", type=Path, help="with --url: its pid files' folder, for CPU per process")
     parser.add_argument("--bootstrap", help="with --url: its Kafka bootstrap address, for the relay baseline")
+    parser.add_argument("--keys-file", type=Path,
+                        help="with --url: its API keys, {tenant: key} (default: api-keys.json in PAYORCH_DATA_DIR)")
     parser.add_argument("--out", type=Path, help="folder for summary.json, report.html and the stack's logs "
                                                  "(default perf/results/<timestamp>/)")
     args = parser.parse_args(argv)
@@ -336,8 +340,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--step-duration must be in (0, {MAX_STEP_S:.0f}], --warmup and --drain in [0, 3600]")
     if not 1 <= args.connections <= 10_000:
         parser.error("--connections must be in [1, 10000]")
-    if not args.url and (args.run_dir or args.bootstrap):
-        parser.error("--run-dir and --bootstrap go with --url (the own stack's are known)")
+    if not args.url and (args.run_dir or args.bootstrap or args.keys_file):
+        parser.error("--run-dir, --bootstrap and --keys-file go with --url (the own stack's are known)")
+    if args.url and args.keys_file is None:
+        from orchestrator.intake.credentials import local_keys_path
+        from orchestrator.settings import get_settings
+
+        args.keys_file = local_keys_path(get_settings().data_dir)
+    if args.url and not args.keys_file.exists():
+        parser.error(f"no API keys at {args.keys_file}: give --keys-file, a JSON object of tenant -> key")
     if args.url and args.at_least_once:
         parser.error("--at-least-once starts an own stack; a running stack keeps its own mode")
     if args.out is None:

@@ -37,6 +37,7 @@ class StackInfo:
     url: str
     bootstrap: str | None
     run_dir: Path | None
+    keys_file: Path  # {tenant: API key}, as `payorch up` writes it
 
 
 class OwnStack:
@@ -69,7 +70,8 @@ class OwnStack:
         # Keep reading its output: a full pipe would block `payorch up`, and a line about a
         # restarted process is something the person reading the figures must see.
         threading.Thread(target=self._echo_output, daemon=True).start()
-        return StackInfo(url=f"http://127.0.0.1:{port}", bootstrap=bootstrap, run_dir=self.work / "run")
+        return StackInfo(url=f"http://127.0.0.1:{port}", bootstrap=bootstrap, run_dir=self.work / "run",
+                         keys_file=self.work / "data" / "api-keys.json")
 
     def __exit__(self, *_exc: object) -> None:
         self._stop()

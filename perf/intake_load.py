@@ -32,7 +32,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from orchestrator.intake.credentials import read_local_keys  # noqa: E402
 from orchestrator.loadgen import offer_load  # noqa: E402
+from orchestrator.settings import get_settings  # noqa: E402
 
 # The JVM compiles its hot paths during the first minute; measuring a cold broker
 # reports the JIT, not the product.
@@ -60,8 +62,8 @@ def _progress(what: str, done: int, total: int) -> None:
         print(f"  {what} {done}/{total}", flush=True)
 
 
-def run_load(url: str, rate: float, duration: float, drain: float) -> None:
-    result = asyncio.run(offer_load(url, rate_per_s=rate, duration_s=duration, drain_timeout_s=drain,
+def run_load(url: str, keys: dict[str, str], rate: float, duration: float, drain: float) -> None:
+    result = asyncio.run(offer_load(url, keys, rate_per_s=rate, duration_s=duration, drain_timeout_s=drain,
                                     progress=_progress))
     print("\n".join(result.report_lines()))
 
@@ -91,15 +93,17 @@ def self_contained(args: argparse.Namespace) -> None:
         else:
             raise SystemExit("payorch up exited before it was ready")
         url = f"http://127.0.0.1:{port}"
+        keys = read_local_keys(work / "data")
         if args.warmup > 0:
             print(f"warming up: {WARMUP_RATE_PER_S}/s for {args.warmup:.0f}s (not measured)", flush=True)
-            asyncio.run(offer_load(url, rate_per_s=WARMUP_RATE_PER_S, duration_s=args.warmup, drain_timeout_s=60))
+            asyncio.run(offer_load(url, keys, rate_per_s=WARMUP_RATE_PER_S, duration_s=args.warmup,
+                                   drain_timeout_s=60))
         pids = {path.stem: int(path.read_text()) for path in (work / "run").glob("*.pid")}
         pids["load generator"] = os.getpid()
         before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
         started = time.monotonic()
         print(f"measuring: {args.rate:.0f}/s for {args.duration:.0f}s", flush=True)
-        run_load(url, args.rate, args.duration, args.drain)
+        run_load(url, keys, args.rate, args.duration, args.drain)
         window = time.monotonic() - started
         spent = {name: _cpu_seconds(pid) - before[name] for name, pid in pids.items()}
         total = sum(spent.values())
@@ -134,7 +138,7 @@ def main() -> None:
     if args.self_contained:
         self_contained(args)
     else:
-        run_load(args.url, args.rate, args.duration, args.drain)
+        run_load(args.url, read_local_keys(get_settings().data_dir), args.rate, args.duration, args.drain)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from pathlib import Path
 import httpx
 
 from orchestrator.bootstrap import STAGE_NAMES
+from orchestrator.intake.credentials import bearer, ensure_local_keys, read_local_keys
+from orchestrator.samples import TENANTS
 from orchestrator.settings import REPO_ROOT, Settings
 
 PROCESS_READY_TIMEOUT_S = 60.0
@@ -80,6 +82,7 @@ class System:
         })
         self.env.update(extra_env or {})
         self.processes: dict[str, subprocess.Popen] = {}
+        self.api_keys: dict[str, str] = {}  # tenant id -> key, made by start_all
         self.base_url = f"http://127.0.0.1:{self.intake_port}"
         self.sim_url = f"http://127.0.0.1:{self.sim_port}"
 
@@ -108,6 +111,9 @@ class System:
     def start_all(self) -> None:
         result = self.cli("topics", "create")
         assert result.returncode == 0, result.stderr
+        # One key per tenant, every scope, as `payorch up` makes them.
+        ensure_local_keys(self.data_dir, list(TENANTS))
+        self.api_keys = read_local_keys(self.data_dir)
         self.start("clearing-sim")
         for stage in STAGE_NAMES:
             self.start(stage)
@@ -189,14 +195,18 @@ class System:
 
     # --- public API helpers -------------------------------------------------
 
+    def auth(self, tenant: str) -> dict[str, str]:
+        """The Authorization header of the tenant's key."""
+        return bearer(self.api_keys[tenant])
+
     def post(self, tenant: str, body: dict, *, key: str | None = None, client: httpx.Client | None = None):
-        headers = {"X-Tenant-Id": tenant}
+        headers = self.auth(tenant)
         if key:
             headers["Idempotency-Key"] = key
         return (client or httpx).post(f"{self.base_url}/v1/payments", json=body, headers=headers, timeout=30)
 
     def get(self, tenant: str, payment_id: str, client: httpx.Client | None = None):
-        return (client or httpx).get(f"{self.base_url}/v1/payments/{payment_id}", headers={"X-Tenant-Id": tenant},
+        return (client or httpx).get(f"{self.base_url}/v1/payments/{payment_id}", headers=self.auth(tenant),
                                      timeout=30)
 
     def wait_terminal(self, tenant_of: dict[str, str], timeout_s: float = 60.0) -> dict[str, dict]:

@@ -38,6 +38,14 @@ from orchestrator.events import deterministic_uuid4, received_event
 from orchestrator.flow_health import FlowHealth
 from orchestrator.intake.admission import AdmissionGate
 from orchestrator.intake.asgi import IntakeApp
+from orchestrator.intake.credentials import (
+    CREDENTIALS_FILE,
+    SCOPE_OPERATE,
+    SCOPE_READ,
+    SCOPE_SUBMIT,
+    Credential,
+    CredentialStore,
+)
 from orchestrator.intake.idempotency import AcceptedAnswer, IdempotencyStore
 from orchestrator.intake.models import CreditTransferIn
 from orchestrator.intake.problems import JsonResponse, Problem
@@ -52,6 +60,7 @@ from orchestrator.validation import normalise_payment, validate_payment
 log = logging.getLogger("payorch.intake")
 
 _IDEMPOTENCY_KEY_MAX_CHARS = 255
+_BEARER_CHALLENGE = 'Bearer realm="payorch"'
 # Readiness asks the broker for metadata at most this often, so probes cannot load it.
 _READINESS_CACHE_S = 1.0
 
@@ -151,11 +160,13 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
             "delivery.timeout.ms": int(settings.intake.publish_timeout_s * 1000)})
         state["publisher"] = publisher or EventPublisher(producer, make_codec(settings), namer)
         state["idempotency"] = IdempotencyStore(settings.data_dir / "intake.sqlite")
+        state["credentials"] = CredentialStore(settings.data_dir / CREDENTIALS_FILE)
         state["tracking"] = None
         state["admission"] = AdmissionGate(settings.intake, flow_health)
         yield
         state["publisher"].close()
         state["idempotency"].close()
+        state["credentials"].close()
 
     app = IntakeApp(title="payorch intake", version="1", lifespan=lifespan, default_response_class=JsonResponse,
                     allowed_hosts=settings.intake.allowed_hosts)
@@ -199,13 +210,35 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
         log.exception("unexpected error on %s", request.url.path)
         return problem_response(Problem("internal-error", "an unexpected error occurred; it has been logged"), request)
 
-    def tenant_of(request: Request) -> TenantConfig:
-        tenant_id = request.headers.get("x-tenant-id")
-        if not tenant_id:
-            raise Problem("tenant-required", "send the tenant id in the X-Tenant-Id header")
-        tenant = tenants.get(tenant_id.strip().lower())
+    def credential_of(request: Request, scope: str) -> Credential:
+        """The caller's credential, if it is live and has `scope`: 401 or 403 otherwise."""
+        header = request.headers.get("authorization")
+        if not header:
+            raise Problem("unauthenticated", "send an API key: Authorization: Bearer <key>",
+                          headers={"WWW-Authenticate": _BEARER_CHALLENGE})
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise Problem("unauthenticated", "the Authorization header must read: Bearer <key>",
+                          headers={"WWW-Authenticate": _BEARER_CHALLENGE + ', error="invalid_request"'})
+        credential = state["credentials"].verify(key.strip())
+        if credential is None:
+            raise Problem("unauthenticated", "the API key is not valid (unknown, mistyped or revoked)",
+                          headers={"WWW-Authenticate": _BEARER_CHALLENGE + ', error="invalid_token"'})
+        if scope not in credential.scopes:
+            raise Problem("forbidden", f"credential {credential.key_id} does not have the {scope} scope")
+        return credential
+
+    def tenant_of(request: Request, scope: str) -> TenantConfig:
+        """The tenant of the caller's credential: a request acts only within it."""
+        credential = credential_of(request, scope)
+        named = request.headers.get("x-tenant-id")
+        if named is not None and named.strip().lower() != credential.tenant_id:
+            raise Problem("forbidden", f"credential {credential.key_id} belongs to tenant {credential.tenant_id}, "
+                          f"not {named.strip()[:32]!r}")
+        tenant = tenants.get(credential.tenant_id)
         if tenant is None:
-            raise Problem("unknown-tenant", f"tenant {tenant_id[:32]!r} is not configured here")
+            raise Problem("unknown-tenant", f"tenant {credential.tenant_id!r} of credential {credential.key_id} "
+                          "is not configured here")
         return tenant
 
     def idempotency_key_of(request: Request) -> str | None:
@@ -322,7 +355,7 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
             return problem_response(problem, request)
 
     async def accept_json_payment(request: Request) -> Response:
-        tenant = tenant_of(request)
+        tenant = tenant_of(request, SCOPE_SUBMIT)
         key = idempotency_key_of(request)
         content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
         if content_type not in ("application/json", ""):
@@ -368,7 +401,7 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
     async def post_iso20022(request: Request):
         from orchestrator.intake.iso import build_iso_payments
 
-        tenant = tenant_of(request)
+        tenant = tenant_of(request, SCOPE_SUBMIT)
         key = idempotency_key_of(request)
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type not in ("application/xml", "text/xml"):
@@ -384,7 +417,7 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
 
     @app.get("/v1/payments/{payment_id}")
     async def get_payment(payment_id: str, request: Request):
-        tenant = tenant_of(request)
+        tenant = tenant_of(request, SCOPE_READ)
         if len(payment_id) > 64:
             raise Problem("payment-not-found", "no such payment")
         store = tracking()
@@ -413,7 +446,7 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
         settled payment, for the tenant's account-holding systems and analytics."""
         from adapters.iso20022.camt054 import Camt054Entry, build_camt054
 
-        tenant = tenant_of(request)
+        tenant = tenant_of(request, SCOPE_READ)
         if party not in ("debtor", "creditor"):
             raise Problem("validation-error", "party must be debtor or creditor", errors=[])
         store = tracking()
@@ -453,7 +486,7 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
     @app.get("/v1/settlement/cycles")
     async def settlement_cycles(request: Request, rail: str | None = Query(default=None, max_length=32),
                                 limit: int = Query(default=100, ge=1, le=1_000)):
-        tenant = tenant_of(request)
+        tenant = tenant_of(request, SCOPE_READ)
         store = tracking()
         try:
             cycles = store.cycles(tenant.tenant_id, rail=rail, limit=limit) if store else []
@@ -465,7 +498,7 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
 
     @app.get("/v1/settlement/cycles/{cycle_id}")
     async def settlement_cycle(cycle_id: str, request: Request):
-        cycle = closed_cycle(tenant_of(request), cycle_id)
+        cycle = closed_cycle(tenant_of(request, SCOPE_READ), cycle_id)
         cycle["links"] = _cycle_links(cycle["cycle_id"])
         return cycle
 
@@ -475,7 +508,7 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
         sha256 its CycleClosed event carried)."""
         from orchestrator.stages.settlement import statement_path
 
-        tenant = tenant_of(request)
+        tenant = tenant_of(request, SCOPE_READ)
         cycle = closed_cycle(tenant, cycle_id)
         path = statement_path(settings.data_dir, tenant.tenant_id, cycle["cycle_id"])
         try:
@@ -493,7 +526,7 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
 
     @app.get("/v1/ledger/summary")
     async def ledger_summary(request: Request):
-        tenant = tenant_of(request)
+        tenant = tenant_of(request, SCOPE_OPERATE)
         # Off the event loop: with DynamoDB this is a network scan, not a local file read.
         summary = await asyncio.to_thread(_ledger_summary, settings, tenant.tenant_id)
         return {"tenant_id": tenant.tenant_id, **summary}
@@ -513,7 +546,8 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
         return {"status": "ready", "broker": "reachable"}
 
     @app.get("/metrics")
-    async def prometheus_metrics():
+    async def prometheus_metrics(request: Request):
+        credential_of(request, SCOPE_OPERATE)  # process-wide figures: operators only
         return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

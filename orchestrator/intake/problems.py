@@ -12,7 +12,8 @@ PROBLEM_TYPE_BASE = "https://payorch.dev/problems/"
 
 # kind -> (HTTP status, title). The kinds are part of the public API: never rename one.
 PROBLEM_KINDS: dict[str, tuple[int, str]] = {
-    "tenant-required": (400, "The X-Tenant-Id header is required"),
+    "unauthenticated": (401, "A valid API key is required"),
+    "forbidden": (403, "The credential does not allow this"),
     "unknown-tenant": (400, "The tenant is not known"),
     "malformed-json": (400, "The body is not valid JSON"),
     "unsupported-media-type": (415, "Unsupported content type"),

@@ -107,11 +107,16 @@ func runSend(args []string) error {
 	connections := flags.Int("connections", 512, "requests in flight at most (one keep-alive connection each)")
 	timeout := flags.Duration("timeout", 30*time.Second, "time limit of one request")
 	sendLimit := flags.Duration("send-limit", 60*time.Second, "how long after the last due time requests are still sent")
+	keysPath := flags.String("keys", "", "JSON file of {tenant: API key} (payorch up's api-keys.json)")
 	flags.Parse(args)
 	if err := checkLoopback(*baseURL); err != nil {
 		return err
 	}
 	requests, err := readRequests(*requestsPath)
+	if err != nil {
+		return err
+	}
+	auth, err := readKeys(*keysPath)
 	if err != nil {
 		return err
 	}
@@ -141,7 +146,7 @@ func runSend(args []string) error {
 				result.ScheduledUs = startUs + requests[index].AtUs
 				result.SentUs = sinceStartUs()
 				sent.Add(1)
-				post(client, &requests[index], result)
+				post(client, auth, &requests[index], result)
 				result.AnsweredUs = sinceStartUs()
 				answered.Add(1)
 				if result.Status == http.StatusAccepted {
@@ -187,9 +192,9 @@ dispatch:
 	return nil
 }
 
-func post(client *client, req *request, result *sendResult) {
+func post(client *client, auth map[string]string, req *request, result *sendResult) {
 	answer, err := client.do(http.MethodPost, "/v1/payments", []string{"Content-Type: application/json",
-		"X-Tenant-Id: " + req.Tenant, "Idempotency-Key: " + req.Key}, req.Body)
+		auth[req.Tenant], "Idempotency-Key: " + req.Key}, req.Body)
 	if err != nil {
 		result.Error = err.Error()
 		return
@@ -217,11 +222,16 @@ func runFetch(args []string) error {
 	deadline := flags.Duration("deadline", 120*time.Second, "stop asking after this long")
 	interval := flags.Duration("interval", time.Second, "shortest time between two asks for one payment")
 	finalList := flags.String("final", "SETTLED,REJECTED,FAILED,HELD", "statuses after which a payment is not asked again")
+	keysPath := flags.String("keys", "", "JSON file of {tenant: API key} (payorch up's api-keys.json)")
 	flags.Parse(args)
 	if err := checkLoopback(*baseURL); err != nil {
 		return err
 	}
 	payments, err := readPayments(*paymentsPath)
+	if err != nil {
+		return err
+	}
+	auth, err := readKeys(*keysPath)
 	if err != nil {
 		return err
 	}
@@ -247,7 +257,7 @@ func runFetch(args []string) error {
 	})
 	for len(pending) > 0 && time.Now().Before(stopAt) {
 		roundStarted := time.Now()
-		isFinal := fetchRound(client, payments, pending, results, final, *concurrency)
+		isFinal := fetchRound(client, auth, payments, pending, results, final, *concurrency)
 		var still []int
 		for position, index := range pending {
 			if isFinal[position] {
@@ -271,7 +281,7 @@ func runFetch(args []string) error {
 
 // fetchRound asks once for every pending payment and tells, per position in pending,
 // whether the answer was final.
-func fetchRound(client *client, payments []payment, pending []int, results []fetchResult,
+func fetchRound(client *client, auth map[string]string, payments []payment, pending []int, results []fetchResult,
 	final map[string]bool, concurrency int) []bool {
 	isFinal := make([]bool, len(pending))
 	positions := make(chan int)
@@ -282,7 +292,7 @@ func fetchRound(client *client, payments []payment, pending []int, results []fet
 			defer workers.Done()
 			for position := range positions {
 				index := pending[position]
-				results[index] = get(client, payments[index])
+				results[index] = get(client, auth, payments[index])
 				isFinal[position] = isFinalRecord(results[index], final)
 			}
 		}()
@@ -295,10 +305,10 @@ func fetchRound(client *client, payments []payment, pending []int, results []fet
 	return isFinal
 }
 
-func get(client *client, p payment) fetchResult {
+func get(client *client, auth map[string]string, p payment) fetchResult {
 	result := fetchResult{PaymentID: p.PaymentID, Record: json.RawMessage("null")}
 	answer, err := client.do(http.MethodGet, "/v1/payments/"+url.PathEscape(p.PaymentID),
-		[]string{"X-Tenant-Id: " + p.Tenant}, nil)
+		[]string{auth[p.Tenant]}, nil)
 	if err != nil {
 		return result
 	}
@@ -329,6 +339,26 @@ func checkLoopback(baseURL string) error {
 		return fmt.Errorf("refusing %q: load goes to loopback only", baseURL)
 	}
 	return nil
+}
+
+// readKeys reads {tenant: key} and returns each tenant's Authorization header line.
+func readKeys(path string) (map[string]string, error) {
+	if path == "" {
+		return nil, fmt.Errorf("-keys is required: the intake takes API keys only")
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	keys := map[string]string{}
+	if err := json.Unmarshal(data, &keys); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	auth := make(map[string]string, len(keys))
+	for tenant, key := range keys {
+		auth[tenant] = "Authorization: Bearer " + key
+	}
+	return auth, nil
 }
 
 func readRequests(path string) ([]request, error) {

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from orchestrator.intake.credentials import bearer, read_local_keys
 from orchestrator.loadgen import offer_load
 from orchestrator.settings import REPO_ROOT
 from tests.harness import free_port, free_port_block
@@ -69,6 +70,13 @@ class Up:
                 return line
         raise AssertionError(f"no line with {needle!r} within {timeout_s}s; output so far:\n" + "\n".join(self.output))
 
+    def keys(self) -> dict[str, str]:
+        """The local API keys `payorch up` wrote, tenant id -> key."""
+        return read_local_keys(self.work_dir / "data")
+
+    def auth(self, tenant: str) -> dict[str, str]:
+        return bearer(self.keys()[tenant])
+
     def pid_of(self, child: str) -> int:
         return int((self.work_dir / "run" / f"{child}.pid").read_text())
 
@@ -96,6 +104,12 @@ def up(tmp_path_factory):
 def test_up_prints_ready_and_answers(up):
     assert httpx.get(f"{up.base_url}/readyz").status_code == 200
     assert any("local Kafka ready" in line for line in up.output), up.output
+    # One key per tenant, readable by the owner only, named where up says.
+    keys_file = up.work_dir / "data" / "api-keys.json"
+    assert any(f"API keys: one per tenant in {keys_file}" in line for line in up.output), up.output
+    assert sorted(up.keys()) == ["apac", "emea", "latam", "na"]
+    assert keys_file.stat().st_mode & 0o077 == 0
+    assert httpx.get(f"{up.base_url}/v1/payments/x").status_code == 401
 
 
 def test_one_clearing_simulator_process_serves_every_rail(up):
@@ -118,7 +132,7 @@ def test_demo_runs_every_tenant_to_the_end(up):
 def test_3000_payments_at_300_per_second_all_end(up):
     # As a client should, it sends again after a 503 (admission control's Retry-After, or
     # an unconfirmed publish) with the same Idempotency-Key.
-    result = asyncio.run(offer_load(up.base_url, rate_per_s=OFFERED_RATE_PER_S,
+    result = asyncio.run(offer_load(up.base_url, up.keys(), rate_per_s=OFFERED_RATE_PER_S,
                                     duration_s=OFFERED_PAYMENTS / OFFERED_RATE_PER_S, drain_timeout_s=300,
                                     retry_unavailable_s=120))
     print("\n".join(result.report_lines()))
@@ -138,7 +152,7 @@ def test_3000_payments_at_300_per_second_all_end(up):
         time.sleep(1)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert "all invariants hold" in verify.stdout and " 0 in flight" in verify.stdout, verify.stdout
-    summary = httpx.get(f"{up.base_url}/v1/ledger/summary", headers={"X-Tenant-Id": "emea"}).json()
+    summary = httpx.get(f"{up.base_url}/v1/ledger/summary", headers=up.auth("emea")).json()
     assert summary["tenant_id"] == "emea" and summary["transfers"].get("POSTED", 0) > 0
     customer = [row for row in summary["currencies"] if row["kind"] == "customer" and row["currency"] == "EUR"]
     clearing = [row for row in summary["currencies"] if row["kind"] == "clearing" and row["currency"] == "EUR"]
@@ -154,13 +168,13 @@ def test_a_dead_stage_is_restarted_by_up(up):
         time.sleep(0.2)
     assert up.pid_of("settlement") != victim
     body = __import__("orchestrator.samples", fromlist=["sample_body"]).sample_body("na")
-    answer = httpx.post(f"{up.base_url}/v1/payments", json=body, headers={"X-Tenant-Id": "na"})
+    answer = httpx.post(f"{up.base_url}/v1/payments", json=body, headers=up.auth("na"))
     assert answer.status_code == 202, (answer.status_code, answer.headers, answer.text)
     payment_id = answer.json()["payment_id"]
     deadline = time.monotonic() + 60
     status = None
     while time.monotonic() < deadline and status != "SETTLED":
-        status = httpx.get(f"{up.base_url}/v1/payments/{payment_id}", headers={"X-Tenant-Id": "na"}).json()["status"]
+        status = httpx.get(f"{up.base_url}/v1/payments/{payment_id}", headers=up.auth("na")).json()["status"]
         time.sleep(0.3)
     assert status == "SETTLED"
 

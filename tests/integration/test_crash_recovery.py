@@ -76,7 +76,7 @@ def test_stages_killed_mid_flow_lose_nothing_and_post_nothing_twice(system):
 
     def load() -> None:
         # A 503 means "outcome unknown": the client sends again with the same key.
-        outcome["result"] = asyncio.run(offer_load(system.base_url, rate_per_s=OFFERED_RATE_PER_S,
+        outcome["result"] = asyncio.run(offer_load(system.base_url, system.api_keys, rate_per_s=OFFERED_RATE_PER_S,
                                                    duration_s=LOAD_DURATION_S, drain_timeout_s=120,
                                                    retry_unavailable_s=60))
 

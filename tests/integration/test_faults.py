@@ -40,7 +40,7 @@ def start_load(system: System, *, duration_s: float, rate_per_s: float = RATE_PE
     box: dict = {}
 
     def load() -> None:
-        box["result"] = asyncio.run(offer_load(system.base_url, rate_per_s=rate_per_s, duration_s=duration_s,
+        box["result"] = asyncio.run(offer_load(system.base_url, system.api_keys, rate_per_s=rate_per_s, duration_s=duration_s,
                                                drain_timeout_s=drain_timeout_s,
                                                retry_unavailable_s=retry_unavailable_s))
 
@@ -177,7 +177,7 @@ def test_clearing_simulator_down_then_back(kafka_bootstrap, tmp_path):
         down_at = time.monotonic()
         while True:
             time.sleep(0.5)
-            metrics_while_down = httpx.get(f"{system.base_url}/metrics", timeout=10).text
+            metrics_while_down = httpx.get(f"{system.base_url}/metrics", headers=system.auth("emea"), timeout=10).text
             outage_s = time.monotonic() - down_at
             if outage_s >= OUTAGE_MAX_S or (outage_s >= 6 and _a_breaker_is_open(metrics_while_down)):
                 break
@@ -193,7 +193,8 @@ def test_clearing_simulator_down_then_back(kafka_bootstrap, tmp_path):
         print("breakers while the rails were down:", *breaker_lines, sep="\n  ")
         assert breaker_lines
         assert _a_breaker_is_open(metrics_while_down), breaker_lines
-        trips = [line for line in httpx.get(f"{system.base_url}/metrics", timeout=10).text.splitlines()
+        trips = [line for line in httpx.get(f"{system.base_url}/metrics", headers=system.auth("emea"),
+                                             timeout=10).text.splitlines()
                  if line.startswith("payorch_circuit_breaker_trips{")]
         assert any(float(line.rsplit(" ", 1)[1]) >= 1 for line in trips), trips
         deferred = 0

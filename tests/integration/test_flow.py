@@ -130,18 +130,18 @@ def test_bad_input_answers_problem_json(system, case, mutate, status):
     assert "DE89370400440532013001" not in answer.text, "no account number echoed back"
 
 
-@pytest.mark.parametrize(("case", "content", "headers", "status", "kind"), [
-    ("malformed json", b'{"amount": ', {"X-Tenant-Id": "emea", "Content-Type": "application/json"}, 400,
-     "malformed-json"),
-    ("json array", b"[1,2]", {"X-Tenant-Id": "emea", "Content-Type": "application/json"}, 422, "validation-error"),
-    ("missing tenant", b"{}", {"Content-Type": "application/json"}, 400, "tenant-required"),
-    ("unknown tenant", b"{}", {"X-Tenant-Id": "mars", "Content-Type": "application/json"}, 400, "unknown-tenant"),
-    ("wrong media type", b"<x/>", {"X-Tenant-Id": "emea", "Content-Type": "text/plain"}, 415,
-     "unsupported-media-type"),
-    ("oversize body", b"{" + b" " * 70_000 + b"}", {"X-Tenant-Id": "emea", "Content-Type": "application/json"}, 413,
+@pytest.mark.parametrize(("case", "content", "headers", "key_of", "status", "kind"), [
+    ("malformed json", b'{"amount": ', {"Content-Type": "application/json"}, "emea", 400, "malformed-json"),
+    ("json array", b"[1,2]", {"Content-Type": "application/json"}, "emea", 422, "validation-error"),
+    ("no credential", b"{}", {"Content-Type": "application/json"}, None, 401, "unauthenticated"),
+    ("another tenant named", b"{}", {"X-Tenant-Id": "mars", "Content-Type": "application/json"}, "emea", 403,
+     "forbidden"),
+    ("wrong media type", b"<x/>", {"Content-Type": "text/plain"}, "emea", 415, "unsupported-media-type"),
+    ("oversize body", b"{" + b" " * 70_000 + b"}", {"Content-Type": "application/json"}, "emea", 413,
      "payload-too-large"),
 ])
-def test_bad_requests_answer_problem_json(system, case, content, headers, status, kind):
+def test_bad_requests_answer_problem_json(system, case, content, headers, key_of, status, kind):
+    headers = {**headers, **(system.auth(key_of) if key_of else {})}
     answer = httpx.post(f"{system.base_url}/v1/payments", content=content, headers=headers, timeout=10)
     assert answer.status_code == status, (case, answer.text)
     assert answer.headers["content-type"].startswith("application/problem+json")
@@ -216,7 +216,8 @@ def test_poison_message_is_dead_lettered_and_listed(system):
 def test_metrics_and_probes(system):
     assert httpx.get(f"{system.base_url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{system.base_url}/readyz").status_code == 200
-    metrics = httpx.get(f"{system.base_url}/metrics").text
+    assert httpx.get(f"{system.base_url}/metrics").status_code == 401
+    metrics = httpx.get(f"{system.base_url}/metrics", headers=system.auth("emea")).text
     assert "payorch_intake_payments_received_total" in metrics
 
 
@@ -239,7 +240,7 @@ def _pacs008_document(count: int) -> bytes:
 
 def test_iso20022_pacs008_document_becomes_one_payment_per_transaction(system):
     document = _pacs008_document(3)
-    headers = {"X-Tenant-Id": "emea", "Content-Type": "application/xml"}
+    headers = {**system.auth("emea"), "Content-Type": "application/xml"}
     answer = httpx.post(f"{system.base_url}/v1/payments/iso20022", content=document, headers=headers, timeout=10)
     assert answer.status_code == 202, answer.text
     payment_ids = answer.json()["payment_ids"]
@@ -263,7 +264,7 @@ def test_iso20022_pacs008_document_becomes_one_payment_per_transaction(system):
 def test_hostile_or_wrong_xml_is_refused_quickly(system, case, document, status):
     started = time.monotonic()
     answer = httpx.post(f"{system.base_url}/v1/payments/iso20022", content=document,
-                        headers={"X-Tenant-Id": "emea", "Content-Type": "application/xml"}, timeout=10)
+                        headers={**system.auth("emea"), "Content-Type": "application/xml"}, timeout=10)
     assert time.monotonic() - started < 2
     assert answer.status_code == status, answer.text
     assert answer.headers["content-type"].startswith("application/problem+json")
@@ -280,7 +281,7 @@ def test_settled_payment_has_camt054_notifications_for_both_parties(system):
     assert system.wait_terminal({payment_id: "emea"})[payment_id]["status"] == "SETTLED"
     for party, direction in (("debtor", "DBIT"), ("creditor", "CRDT")):
         answer = httpx.get(f"{system.base_url}/v1/payments/{payment_id}/notification", params={"party": party},
-                           headers={"X-Tenant-Id": "emea"})
+                           headers=system.auth("emea"))
         assert answer.status_code == 200, answer.text
         assert answer.headers["content-type"].startswith("application/xml")
         root = etree.fromstring(answer.content)
@@ -289,5 +290,6 @@ def test_settled_payment_has_camt054_notifications_for_both_parties(system):
         assert root.findtext(".//c:Ntry/c:CdtDbtInd", namespaces=ns) == direction
         assert root.findtext(".//c:Ntry/c:Amt", namespaces=ns) == "125.50"
         assert payment_id in answer.text  # the UETR
+    # Another tenant's credential cannot tell it from a payment that does not exist.
     assert httpx.get(f"{system.base_url}/v1/payments/{payment_id}/notification",
-                     headers={"X-Tenant-Id": "na"}).status_code == 404
+                     headers=system.auth("na")).status_code == 404

@@ -54,7 +54,7 @@ def unique_end_to_end_id(prefix: str) -> str:
 
 def post_document(system: System, tenant: str, document: bytes) -> list[str]:
     answer = httpx.post(f"{system.base_url}/v1/payments/iso20022", content=document,
-                        headers={**ISO_HEADERS, "X-Tenant-Id": tenant}, timeout=30)
+                        headers={**ISO_HEADERS, **system.auth(tenant)}, timeout=30)
     assert answer.status_code == 202, answer.text
     return answer.json()["payment_ids"]
 

@@ -65,7 +65,7 @@ def system(kafka_bootstrap, tmp_path_factory):
 
 
 def api(system: System, path: str, client: httpx.Client) -> httpx.Response:
-    return client.get(f"{system.base_url}{path}", headers={"X-Tenant-Id": "emea"}, timeout=30)
+    return client.get(f"{system.base_url}{path}", headers=system.auth("emea"), timeout=30)
 
 
 def closed_cycles(system: System, client: httpx.Client) -> dict[str, dict]:
@@ -181,5 +181,5 @@ def test_injected_rail_discrepancies_give_exactly_their_exceptions_and_a_valid_s
             assert {ids[name] for name in ours} <= uetrs
             assert extra_id not in uetrs  # the statement is of our books, not of the rail's claim
         other_tenant = httpx.get(f"{system.base_url}/v1/settlement/cycles/{cycle_of['clean']}",
-                                 headers={"X-Tenant-Id": "na"}, timeout=30)
+                                 headers=system.auth("na"), timeout=30)
         assert other_tenant.status_code in (400, 404)  # na is not even configured in this system

@@ -14,6 +14,14 @@ from fastapi.testclient import TestClient
 
 from orchestrator.events import EventCodec
 from orchestrator.intake.app import create_app
+from orchestrator.intake.credentials import (
+    SCOPE_READ,
+    SCOPE_SUBMIT,
+    CredentialStore,
+    bearer,
+    ensure_local_keys,
+    read_local_keys,
+)
 from orchestrator.intake.publisher import EventPublisher
 from orchestrator.samples import sample_body
 from orchestrator.settings import REPO_ROOT, Settings
@@ -32,6 +40,11 @@ class World:
         self.producer = FakeProducer()
         publisher = EventPublisher(self.producer, CODEC, TopicNamer(self.settings.topic_template))
         self.app = create_app(self.settings, TENANTS, publisher=publisher)
+        ensure_local_keys(tmp_path, sorted(TENANTS))
+        self.keys = read_local_keys(tmp_path)  # tenant id -> key with every scope
+
+    def auth(self, tenant: str = "emea") -> dict[str, str]:
+        return bearer(self.keys[tenant])
 
     def published(self) -> list:
         return [CODEC.decode(p.value) for p in self.producer.produced]
@@ -48,7 +61,7 @@ def world(tmp_path):
 def post(world: World, body, *, tenant: str | None = "emea", key: str | None = None, headers=None):
     sent = {"Content-Type": "application/json"}
     if tenant is not None:
-        sent["X-Tenant-Id"] = tenant
+        sent.update(world.auth(tenant))
     if key is not None:
         sent["Idempotency-Key"] = key
     sent.update(headers or {})
@@ -84,7 +97,7 @@ def test_an_accepted_payment_is_published_stored_and_answered_202(world):
     assert db.execute("SELECT payment_id, event_id FROM accepted_payments").fetchall() == [(payment_id, event.event_id)]
     assert db.execute("SELECT idempotency_key, status_code FROM idempotency").fetchall() == [("k-1", 202)]
     db.close()
-    status = world.client.get(f"/v1/payments/{payment_id}", headers={"X-Tenant-Id": "emea"})
+    status = world.client.get(f"/v1/payments/{payment_id}", headers=world.auth())
     assert status.status_code == 200 and status.json()["status"] == "RECEIVED"
 
 
@@ -172,14 +185,14 @@ def test_a_host_the_intake_does_not_serve_is_refused_and_nothing_redirects(world
     refused = post(world, body, headers={"Host": "evil.example"})
     assert refused.status_code == 400 and refused.headers["content-type"] == PROBLEM
     assert refused.json()["type"].endswith("/host-not-allowed")
-    assert world.client.get("/v1/payments/x", headers={"Host": "evil.example:8080", "X-Tenant-Id": "emea"}
+    assert world.client.get("/v1/payments/x", headers={"Host": "evil.example:8080", **world.auth()}
                             ).json()["type"].endswith("/host-not-allowed")
     assert world.producer.produced == []
     # Health checks name the target's address; they answer under any Host.
     assert world.client.get("/healthz", headers={"Host": "10.0.3.7:8080"}).status_code == 200
     # A trailing slash is not redirected to a URL built from the Host.
     slash = world.client.post("/v1/payments/", content=json.dumps(body).encode(), follow_redirects=False,
-                              headers={"X-Tenant-Id": "emea", "Content-Type": "application/json"})
+                              headers={**world.auth(), "Content-Type": "application/json"})
     assert slash.status_code == 404 and "location" not in slash.headers
     assert post(world, body, headers={"Host": "localhost:8080"}).status_code == 202
 
@@ -197,9 +210,66 @@ def test_the_host_check_reads_ports_and_ipv6_literals():
     assert host_of({"headers": []}) is None
 
 
+def test_a_request_without_a_valid_credential_is_401_with_a_bearer_challenge(world):
+    for headers in ({}, {"Authorization": "Bearer"}, {"Authorization": "Token abc"},
+                    {"Authorization": "Bearer po_000000000000_unknown"}):
+        answer = world.client.post("/v1/payments", content=json.dumps(sample_body("emea")).encode(),
+                                   headers={"Content-Type": "application/json", **headers})
+        assert_problem(answer, 401, "unauthenticated")
+        assert answer.headers["www-authenticate"].startswith('Bearer realm="payorch"')
+    assert world.producer.produced == []
+
+
+def test_a_credential_acts_only_within_its_tenant(world):
+    payment_id = post(world, sample_body("emea"), key="k-bola").json()["payment_id"]
+    # Another tenant's key cannot tell the payment from one that does not exist...
+    elsewhere = world.client.get(f"/v1/payments/{payment_id}", headers=world.auth("na"))
+    assert elsewhere.status_code == 404 and elsewhere.json()["type"].endswith("/payment-not-found")
+    notification = world.client.get(f"/v1/payments/{payment_id}/notification", headers=world.auth("na"))
+    assert notification.status_code == 404
+    # ...and naming the payment's tenant in X-Tenant-Id does not lend it that tenant.
+    posing = world.client.get(f"/v1/payments/{payment_id}", headers={**world.auth("na"), "X-Tenant-Id": "emea"})
+    assert posing.status_code == 403 and posing.json()["type"].endswith("/forbidden")
+    assert world.client.get(f"/v1/payments/{payment_id}", headers=world.auth("emea")).status_code == 200
+    assert world.client.get("/v1/ledger/summary", headers=world.auth("na")).json()["tenant_id"] == "na"
+
+
+def test_each_endpoint_needs_its_scope(world, tmp_path):
+    store = CredentialStore(world.settings.data_dir / "credentials.sqlite")
+    reader, _ = store.create("emea", (SCOPE_READ,))
+    submitter, _ = store.create("emea", (SCOPE_SUBMIT,))
+    store.close()
+    refused = post(world, sample_body("emea"), tenant=None, headers=bearer(reader))
+    assert_problem(refused, 403, "forbidden")
+    assert "payments:submit" in refused.json()["detail"]
+    accepted = post(world, sample_body("emea"), tenant=None, headers=bearer(submitter))
+    assert accepted.status_code == 202
+    payment_id = accepted.json()["payment_id"]
+    assert world.client.get(f"/v1/payments/{payment_id}", headers=bearer(submitter)).status_code == 403
+    assert world.client.get(f"/v1/payments/{payment_id}", headers=bearer(reader)).status_code == 200
+    for path in ("/metrics", "/v1/ledger/summary"):
+        assert world.client.get(path, headers=bearer(reader)).status_code == 403, path
+        assert world.client.get(path, headers=world.auth()).status_code == 200, path
+    assert world.client.get("/metrics").status_code == 401
+    # Probes stay open: an orchestrator's health checks carry no credential.
+    assert world.client.get("/healthz").status_code == 200
+
+
+def test_a_revoked_key_is_refused(world, monkeypatch):
+    from orchestrator.intake import credentials
+
+    monkeypatch.setattr(credentials, "_VERIFIED_CACHE_S", 0.0)
+    store = CredentialStore(world.settings.data_dir / "credentials.sqlite")
+    key, credential = store.create("emea")
+    assert post(world, sample_body("emea"), tenant=None, headers=bearer(key)).status_code == 202
+    store.revoke(credential.key_id)
+    store.close()
+    assert_problem(post(world, sample_body("emea"), tenant=None, headers=bearer(key)), 401, "unauthenticated")
+
+
 def test_concurrent_requests_with_one_key_publish_once_and_get_one_answer(world):
     body = json.dumps(sample_body("emea")).encode()
-    headers = {"X-Tenant-Id": "emea", "Idempotency-Key": "k-race", "Content-Type": "application/json"}
+    headers = {**world.auth(), "Idempotency-Key": "k-race", "Content-Type": "application/json"}
 
     async def race():
         transport = httpx.ASGITransport(app=world.app)
@@ -219,8 +289,12 @@ BAD_REQUESTS = [
     ("json array", dict(body=b"[1,2]"), 422, "validation-error"),
     ("schema violation", dict(body={**sample_body("emea"), "amount": 125.5}), 422, "validation-error"),
     ("business rule", dict(body={**sample_body("emea"), "amount": "0"}), 422, "payment-invalid"),
-    ("missing tenant", dict(body=b"{}", tenant=None), 400, "tenant-required"),
-    ("unknown tenant", dict(body=b"{}", tenant="mars"), 400, "unknown-tenant"),
+    ("no credential", dict(body=b"{}", tenant=None), 401, "unauthenticated"),
+    ("another tenant named", dict(body=b"{}", headers={"X-Tenant-Id": "mars"}), 403, "forbidden"),
+    ("not a bearer key", dict(body=b"{}", tenant=None, headers={"Authorization": "Basic dXNlcjpwdw=="}), 401,
+     "unauthenticated"),
+    ("unknown key", dict(body=b"{}", tenant=None, headers={"Authorization": "Bearer po_0123456789ab_nope"}), 401,
+     "unauthenticated"),
     ("wrong media type", dict(body=b"<x/>", headers={"Content-Type": "text/plain"}), 415, "unsupported-media-type"),
     ("oversize body", dict(body=b"{" + b" " * 70_000 + b"}"), 413, "payload-too-large"),
     ("empty key", dict(body=sample_body("emea"), key=""), 400, "invalid-idempotency-key"),
@@ -267,13 +341,13 @@ def test_problems_carry_their_details(world):
     assert schema["errors"] == [{"field": "amount", "message": "Input should be a valid string", "type": "string_type"}]
     rule = assert_problem(post(world, {**sample_body("emea"), "amount": "0"}), 422, "payment-invalid")
     assert (rule["reason_code"], rule["field"]) == ("amount_not_positive", "amount")
-    metrics = world.client.get("/metrics").text
+    metrics = world.client.get("/metrics", headers=world.auth()).text
     assert 'payorch_intake_problems_total{type="validation-error"} 1.0' in metrics
 
 
 def test_other_methods_on_the_payments_path_answer_405(world):
     for method in ("GET", "PUT", "DELETE"):
-        answer = world.client.request(method, "/v1/payments", headers={"X-Tenant-Id": "emea"})
+        answer = world.client.request(method, "/v1/payments", headers=world.auth())
         assert answer.status_code == 405
         assert answer.json()["type"].endswith("/method-not-allowed")
         assert answer.headers["allow"] == "POST"
@@ -305,13 +379,14 @@ def test_an_unexpected_error_answers_500_problem_json(world, monkeypatch):
     assert "boom" not in answer.text
 
 
-def post_scope(body: bytes) -> dict:
+def post_scope(body: bytes, auth: dict[str, str]) -> dict:
     """The ASGI scope of a POST /v1/payments, for tests that drive the body by hand."""
     return {"type": "http", "method": "POST", "path": "/v1/payments", "raw_path": b"/v1/payments",
             "root_path": "", "query_string": b"", "scheme": "http", "http_version": "1.1",
             "server": ("127.0.0.1", 8080), "client": ("127.0.0.1", 5555),
             "headers": [(b"host", b"127.0.0.1:8080"), (b"x-tenant-id", b"emea"),
-                        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+                        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                        *((name.lower().encode(), value.encode()) for name, value in auth.items())]}
 
 
 def test_a_client_that_leaves_mid_body_is_not_an_internal_error(world, caplog):
@@ -325,7 +400,7 @@ def test_a_client_that_leaves_mid_body_is_not_an_internal_error(world, caplog):
     async def send(message):
         sent.append(message)
 
-    scope = post_scope(body)
+    scope = post_scope(body, world.auth())
 
     async def call():
         await world.app(scope, receive, send)
@@ -335,7 +410,7 @@ def test_a_client_that_leaves_mid_body_is_not_an_internal_error(world, caplog):
     assert b"client-disconnected" in sent[1]["body"]
     assert world.producer.produced == []
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
-    metrics = world.client.get("/metrics").text
+    metrics = world.client.get("/metrics", headers=world.auth()).text
     assert 'payorch_intake_problems_total{type="client-disconnected"} 1.0' in metrics
     assert 'type="internal-error"' not in metrics
 
@@ -356,7 +431,7 @@ def test_a_body_that_does_not_arrive_in_time_is_refused_408(tmp_path):
     async def send(message):
         sent.append(message)
 
-    scope = post_scope(body)
+    scope = post_scope(body, world.auth())
     with TestClient(world.app, base_url="http://127.0.0.1:8080") as client:
         started = time.monotonic()
         client.portal.call(world.app, scope, receive, send)
@@ -373,7 +448,7 @@ def test_health_answers_head(world):
 def test_accepted_payments_count_in_the_metrics(world):
     post(world, sample_body("emea"))
     post(world, sample_body("emea"))
-    metrics = world.client.get("/metrics").text
+    metrics = world.client.get("/metrics", headers=world.auth()).text
     assert 'payorch_intake_payments_received_total{channel="json",tenant="emea"} 2.0' in metrics
     assert "payorch_intake_publish_seconds_count 2.0" in metrics
 
@@ -405,7 +480,7 @@ def test_an_overloaded_flow_is_refused_503_with_retry_after_and_nothing_publishe
     # A retry of a payment accepted before is answered from the store, shedding or not.
     again = post(world, before, key="before-overload")
     assert again.status_code == 202 and again.headers["idempotent-replayed"] == "true"
-    metrics = world.client.get("/metrics").text
+    metrics = world.client.get("/metrics", headers=world.auth()).text
     assert 'payorch_intake_payments_shed_total{tenant="emea"} 1.0' in metrics
 
 

@@ -10,6 +10,7 @@ from lxml import etree
 from adapters.iso20022 import schemas
 from adapters.iso20022.camt053 import MESSAGE_VERSION as CAMT053
 from orchestrator.intake.app import create_app
+from orchestrator.intake.credentials import bearer, ensure_local_keys, read_local_keys
 from orchestrator.settings import Settings
 from orchestrator.stages.settlement import statement_path
 from orchestrator.stages.tracking import TrackingStage
@@ -47,14 +48,16 @@ def world(tmp_path):
     outputs = close_all(settlement, at(CYCLE_S + GRACE_S))
     tracking.handle_batch([good, bad, *settled, *outputs], at(20))
     settings = Settings(data_dir=tmp_path, kafka={"bootstrap_servers": "127.0.0.1:9"})
+    ensure_local_keys(tmp_path, sorted(TENANTS))
     with TestClient(create_app(settings, TENANTS, publisher=NoPublisher()), base_url="http://127.0.0.1") as client:
+        client.api_keys = read_local_keys(tmp_path)  # tenant id -> key
         yield client, good, bad, tmp_path
     settlement.close()
     tracking.close()
 
 
 def get(client, path: str, tenant: str = "emea"):
-    return client.get(path, headers={"X-Tenant-Id": tenant})
+    return client.get(path, headers=bearer(client.api_keys[tenant]))
 
 
 def test_the_tenant_lists_its_closed_cycles_and_nobody_else_does(world):
@@ -86,7 +89,7 @@ def test_a_cycle_shows_its_summary_and_exceptions_tenant_scoped(world):
         assert refused.status_code == 404
         assert refused.headers["content-type"] == "application/problem+json"
         assert refused.json()["type"].endswith("/cycle-not-found")
-    assert client.get(f"/v1/settlement/cycles/{CYCLE}").json()["type"].endswith("/tenant-required")
+    assert client.get(f"/v1/settlement/cycles/{CYCLE}").json()["type"].endswith("/unauthenticated")
 
 
 def test_the_statement_is_served_as_stored_and_refused_when_it_no_longer_matches(world):

@@ -1,0 +1,179 @@
+"""API credentials: each bound to one tenant, with scopes, stored hashed.
+
+A key reads `po_<key id>_<secret>`. The key id names the credential in lists, logs and
+revocations; only the secret's SHA-256 is stored. The secret is 32 random bytes, so a plain
+digest is as strong as a slow password hash would be, and a lookup costs microseconds.
+The store is `credentials.sqlite` in the data directory, written by `payorch apikey` and
+read by the intake, which remembers a verified key for `_VERIFIED_CACHE_S`: a revocation
+takes effect within that long.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from orchestrator.storage import open_sqlite
+
+# What a credential may do.
+SCOPE_SUBMIT = "payments:submit"  # POST /v1/payments, /v1/payments/iso20022
+SCOPE_READ = "payments:read"  # payments, notifications, settlement cycles and statements
+SCOPE_OPERATE = "operate"  # ledger summary, /metrics
+SCOPES = (SCOPE_SUBMIT, SCOPE_READ, SCOPE_OPERATE)
+DEFAULT_SCOPES = (SCOPE_SUBMIT, SCOPE_READ)
+
+# In the data directory, beside the intake's other stores.
+CREDENTIALS_FILE = "credentials.sqlite"
+_PREFIX = "po"
+_VERIFIED_CACHE_S = 2.0
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS api_keys (
+  key_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, scopes TEXT NOT NULL, secret_sha256 TEXT NOT NULL,
+  label TEXT NOT NULL, created_at TEXT NOT NULL, revoked_at TEXT);
+"""
+
+
+class CredentialError(ValueError):
+    """A request to create or revoke a credential that cannot be honoured."""
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    key_id: str
+    tenant_id: str
+    scopes: frozenset[str]
+    label: str
+    created_at: str
+    revoked_at: str | None
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class CredentialStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.db = open_sqlite(path)
+        self.db.executescript(_SCHEMA)
+        self._verified: dict[str, tuple[float, Credential]] = {}
+
+    def create(self, tenant_id: str, scopes: tuple[str, ...] = DEFAULT_SCOPES, label: str = "") -> tuple[str, Credential]:
+        """A new credential and its key; the key is shown once and never stored."""
+        unknown = sorted(set(scopes) - set(SCOPES))
+        if unknown:
+            raise CredentialError(f"unknown scope {unknown[0]!r}; scopes are {', '.join(SCOPES)}")
+        if not scopes:
+            raise CredentialError("a credential needs at least one scope")
+        key_id = secrets.token_hex(6)
+        secret = secrets.token_urlsafe(32)
+        created_at = datetime.now(UTC).isoformat(timespec="seconds")
+        self.db.execute("INSERT INTO api_keys VALUES (?,?,?,?,?,?,NULL)",
+                        (key_id, tenant_id, ",".join(sorted(set(scopes))), _digest(secret), label, created_at))
+        credential = Credential(key_id, tenant_id, frozenset(scopes), label, created_at, None)
+        return f"{_PREFIX}_{key_id}_{secret}", credential
+
+    def list(self) -> list[Credential]:
+        rows = self.db.execute("SELECT * FROM api_keys ORDER BY tenant_id, created_at").fetchall()
+        return [self._credential(row) for row in rows]
+
+    def revoke(self, key_id: str) -> Credential:
+        changed = self.db.execute("UPDATE api_keys SET revoked_at=? WHERE key_id=? AND revoked_at IS NULL",
+                                  (datetime.now(UTC).isoformat(timespec="seconds"), key_id)).rowcount
+        row = self.db.execute("SELECT * FROM api_keys WHERE key_id=?", (key_id,)).fetchone()
+        if row is None:
+            raise CredentialError(f"no credential {key_id!r}")
+        if not changed:
+            raise CredentialError(f"credential {key_id} was already revoked at {row['revoked_at']}")
+        self._verified.clear()
+        return self._credential(row)
+
+    def verify(self, key: str) -> Credential | None:
+        """The live credential the key belongs to, or None (unknown, wrong or revoked)."""
+        now = time.monotonic()
+        cached = self._verified.get(key)
+        if cached is not None and now - cached[0] < _VERIFIED_CACHE_S:
+            return cached[1]
+        prefix, _, rest = key.partition("_")
+        key_id, _, secret = rest.partition("_")
+        if prefix != _PREFIX or not key_id or not secret:
+            return None
+        try:
+            row = self.db.execute("SELECT * FROM api_keys WHERE key_id=?", (key_id,)).fetchone()
+        except sqlite3.Error:
+            return None
+        if row is None or row["revoked_at"] is not None:
+            self._verified.pop(key, None)
+            return None
+        if not hmac.compare_digest(row["secret_sha256"], _digest(secret)):
+            return None
+        credential = self._credential(row)
+        if len(self._verified) > 10_000:  # bounded whatever keys are tried
+            self._verified.clear()
+        self._verified[key] = (now, credential)
+        return credential
+
+    def close(self) -> None:
+        self.db.close()
+
+    @staticmethod
+    def _credential(row: sqlite3.Row) -> Credential:
+        return Credential(row["key_id"], row["tenant_id"], frozenset(row["scopes"].split(",")), row["label"],
+                          row["created_at"], row["revoked_at"])
+
+
+# Where `payorch up` (and the test harness) keep one local key per tenant, for the demo,
+# the load generators and a newcomer's curl. Readable by the owner only.
+LOCAL_KEYS_FILE = "api-keys.json"
+
+
+def local_keys_path(data_dir: Path) -> Path:
+    return data_dir / LOCAL_KEYS_FILE
+
+
+def read_local_keys(data_dir: Path) -> dict[str, str]:
+    """tenant id -> key, from the local keys file; {} when there is none."""
+    path = local_keys_path(data_dir)
+    if not path.exists():
+        return {}
+    return {str(tenant): str(key) for tenant, key in json.loads(path.read_text()).items()}
+
+
+def ensure_local_keys(data_dir: Path, tenant_ids: list[str]) -> tuple[Path, list[str]]:
+    """Make sure the local keys file holds a live key, with every scope, for each tenant.
+
+    Keys already there and still valid are kept (a restart does not rotate them); a
+    missing or revoked one is replaced. Returns the file and the tenants given new keys.
+    """
+    store = CredentialStore(data_dir / CREDENTIALS_FILE)
+    try:
+        keys = read_local_keys(data_dir)
+        created = []
+        for tenant_id in tenant_ids:
+            credential = store.verify(keys[tenant_id]) if tenant_id in keys else None
+            if credential is None or credential.tenant_id != tenant_id or set(SCOPES) - credential.scopes:
+                keys[tenant_id], _ = store.create(tenant_id, SCOPES, label="local key (payorch up)")
+                created.append(tenant_id)
+    finally:
+        store.close()
+    path = local_keys_path(data_dir)
+    if created or not path.exists():
+        partial = path.with_suffix(".json.partial")
+        partial.touch(mode=0o600)
+        os.chmod(partial, 0o600)
+        partial.write_text(json.dumps(keys, indent=2, sort_keys=True) + "\n")
+        partial.replace(path)
+    return path, created
+
+
+def bearer(key: str) -> dict[str, str]:
+    """The request header that carries a key."""
+    return {"Authorization": f"Bearer {key}"}
