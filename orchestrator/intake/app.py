@@ -48,6 +48,7 @@ from orchestrator.intake.credentials import (
 )
 from orchestrator.intake.idempotency import AcceptedAnswer, IdempotencyStore
 from orchestrator.intake.models import CreditTransferIn
+from orchestrator.intake.openapi import install as install_openapi
 from orchestrator.intake.problems import JsonResponse, Problem
 from orchestrator.intake.publisher import EventPublisher, PublishError
 from orchestrator.kafka_clients import make_producer
@@ -531,11 +532,11 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
         summary = await asyncio.to_thread(_ledger_summary, settings, tenant.tenant_id)
         return {"tenant_id": tenant.tenant_id, **summary}
 
-    @app.api_route("/healthz", methods=["GET", "HEAD"])
+    @app.get("/healthz")
     async def healthz():
         return {"status": "ok"}
 
-    @app.api_route("/readyz", methods=["GET", "HEAD"])
+    @app.get("/readyz")
     async def readyz():
         now = time.monotonic()
         if now - state["ready_checked_at"] > _READINESS_CACHE_S:
@@ -549,6 +550,11 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
     async def prometheus_metrics(request: Request):
         credential_of(request, SCOPE_OPERATE)  # process-wide figures: operators only
         return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    # Probes answer HEAD too (load balancers use it); one operation each in the document.
+    app.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)
+    app.add_api_route("/readyz", readyz, methods=["HEAD"], include_in_schema=False)
+    install_openapi(app)
 
     return app
 

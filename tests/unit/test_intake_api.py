@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sqlite3
 import time
 
@@ -493,3 +494,26 @@ def test_too_many_payments_in_flight_are_refused_until_the_flow_drains(world, mo
     assert_problem(post(world, body, key="k-full"), 503, "overloaded")
     overload(world, in_flight=0)
     assert post(world, body, key="k-full").status_code == 202  # the same key is safe to send again
+
+
+def test_the_openapi_document_describes_bodies_headers_security_and_problems(world):
+    spec = world.client.get("/openapi.json").json()
+    assert spec["components"]["securitySchemes"]["apiKey"] == {
+        "type": "http", "scheme": "bearer", "description": spec["components"]["securitySchemes"]["apiKey"]["description"]}
+    assert spec["security"] == [{"apiKey": []}]
+    assert spec["paths"]["/healthz"]["get"]["security"] == []
+    post_ = spec["paths"]["/v1/payments"]["post"]
+    assert post_["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/CreditTransfer"}
+    assert {p["name"] for p in post_["parameters"]} == {"Idempotency-Key", "X-Tenant-Id"}
+    assert {"202", "400", "401", "403", "408", "413", "415", "422", "503"} <= set(post_["responses"])
+    assert set(post_["responses"]["422"]["content"]) == {PROBLEM}
+    transfer = spec["components"]["schemas"]["CreditTransfer"]
+    assert {"amount", "currency", "debtor", "creditor"} <= set(transfer["required"])
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    # Every reference resolves.
+    text = json.dumps(spec)
+    for ref in set(re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', text)):
+        assert ref in spec["components"]["schemas"], ref
+    # Every problem kind the intake can send is named in the document.
+    kinds = spec["components"]["schemas"]["Problem"]["properties"]["type"]["enum"]
+    assert "https://payorch.dev/problems/unauthenticated" in kinds

@@ -1,0 +1,136 @@
+"""The intake's OpenAPI document: what FastAPI derives, completed with what it cannot see.
+
+The busiest endpoints read their bodies by hand (for the size limit, the duplicate-member
+check and the content digest), so FastAPI knows neither their request bodies nor their
+headers, and every error is problem+json rather than FastAPI's validation shape. This
+module adds the security scheme, the request bodies, the headers and every problem
+response, so the document describes what a client really meets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+from orchestrator.intake.models import CreditTransferIn
+from orchestrator.intake.problems import PROBLEM_CONTENT_TYPE, PROBLEM_KINDS, PROBLEM_TYPE_BASE
+
+_PROBLEM_SCHEMA = {
+    "type": "object",
+    "description": "RFC 9457 problem details; `type` is one of the kinds in the README's table.",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string", "enum": [PROBLEM_TYPE_BASE + kind for kind in PROBLEM_KINDS]},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "errors": {"type": "array", "items": {"type": "object"}},
+        "reason_code": {"type": "string"},
+        "field": {"type": "string"},
+        "payment_ids": {"type": "array", "items": {"type": "string"}},
+    },
+    "additionalProperties": True,
+}
+_ACCEPTED_SCHEMA = {
+    "type": "object",
+    "required": ["payment_id", "status", "correlation_id", "end_to_end_id", "links"],
+    "properties": {
+        "payment_id": {"type": "string", "format": "uuid"},
+        "status": {"type": "string", "enum": ["RECEIVED"]},
+        "correlation_id": {"type": "string"},
+        "end_to_end_id": {"type": "string"},
+        "links": {"type": "object", "properties": {"self": {"type": "string"}}},
+    },
+}
+_ACCEPTED_DOCUMENT_SCHEMA = {
+    "type": "object",
+    "required": ["payment_ids", "status", "payments", "links"],
+    "properties": {
+        "payment_ids": {"type": "array", "items": {"type": "string", "format": "uuid"}},
+        "status": {"type": "string", "enum": ["RECEIVED"]},
+        "payments": {"type": "array", "items": {"$ref": "#/components/schemas/PaymentAccepted"}},
+        "links": {"type": "object", "properties": {"self": {"type": "string"}}},
+    },
+}
+_HEADERS = {
+    "idempotency": {"name": "Idempotency-Key", "in": "header", "required": False,
+                    "description": "Makes a retry safe: the same key with the same content answers the first answer "
+                                   "again; surrounding spaces are not part of the key.",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 255}},
+    "tenant": {"name": "X-Tenant-Id", "in": "header", "required": False,
+               "description": "Optional; if sent, it must name the tenant of the API key (403 otherwise).",
+               "schema": {"type": "string"}},
+}
+_DESCRIPTIONS = {400: "Bad request", 401: "No valid API key", 403: "The key does not allow this", 404: "Not found",
+                 405: "Method not allowed", 408: "The body did not arrive in time", 409: "Conflict",
+                 413: "Too large", 415: "Unsupported media type", 422: "Not valid", 500: "Internal error",
+                 503: "Overloaded, or the outcome is unknown; send again after Retry-After"}
+_SUBMIT_STATUSES = (400, 401, 403, 408, 413, 415, 422, 500, 503)
+_READ_STATUSES = (401, 403, 404, 422, 500)
+
+
+def _problems(statuses: tuple[int, ...]) -> dict[str, Any]:
+    return {str(status): {"description": _DESCRIPTIONS[status],
+                          "content": {PROBLEM_CONTENT_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+            for status in statuses}
+
+
+def describe(app: FastAPI) -> dict[str, Any]:
+    """The completed document (FastAPI's own, then the additions)."""
+    document = FastAPI.openapi(app)
+    components = document.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+    transfer = CreditTransferIn.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(transfer.pop("$defs", {}))
+    schemas["CreditTransfer"] = transfer
+    schemas["Problem"] = _PROBLEM_SCHEMA
+    schemas["PaymentAccepted"] = _ACCEPTED_SCHEMA
+    schemas["DocumentAccepted"] = _ACCEPTED_DOCUMENT_SCHEMA
+    components["securitySchemes"] = {"apiKey": {"type": "http", "scheme": "bearer",
+                                                "description": "An API key of one tenant (`payorch apikey create`)"}}
+    document["security"] = [{"apiKey": []}]
+    paths = document["paths"]
+    for path in ("/healthz", "/readyz"):
+        for operation in paths.get(path, {}).values():
+            operation["security"] = []
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            responses = operation.setdefault("responses", {})
+            responses.pop("422", None)  # FastAPI's validation shape; ours is problem+json
+            if path.startswith("/v1/") and method == "get":
+                operation.setdefault("parameters", []).append(_HEADERS["tenant"])
+                responses.update(_problems(_READ_STATUSES))
+    paths["/metrics"]["get"]["responses"].update(_problems((401, 403)))
+    payments = paths["/v1/payments"]["post"]
+    payments["parameters"] = [_HEADERS["idempotency"], _HEADERS["tenant"]]
+    payments["requestBody"] = {"required": True, "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/CreditTransfer"}}}}
+    payments["responses"] = {"202": {"description": "Accepted: the broker has the payment",
+                                     "content": {"application/json": {
+                                         "schema": {"$ref": "#/components/schemas/PaymentAccepted"}}}},
+                             **_problems(_SUBMIT_STATUSES)}
+    documents = paths["/v1/payments/iso20022"]["post"]
+    documents["parameters"] = [_HEADERS["idempotency"], _HEADERS["tenant"]]
+    documents["requestBody"] = {"required": True, "description": "pacs.008.001.08, pain.001.001.03 or "
+                                "pain.001.001.09", "content": {media: {"schema": {"type": "string"}}
+                                                               for media in ("application/xml", "text/xml")}}
+    documents["responses"] = {"202": {"description": "Accepted: the broker has every payment of the document",
+                                      "content": {"application/json": {
+                                          "schema": {"$ref": "#/components/schemas/DocumentAccepted"}}}},
+                              **_problems(_SUBMIT_STATUSES)}
+    return document
+
+
+def install(app: FastAPI) -> None:
+    """Serve the completed document at /openapi.json (built once, on first request)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = describe(app)
+        return app.openapi_schema
+
+    app.openapi = openapi
