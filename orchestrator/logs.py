@@ -29,6 +29,8 @@ _CONTEXT_KEYS = (
     "cycle_id",
     "rail",
     "kind",
+    # The intake: the key id of the credential that submitted a payment (never the key).
+    "credential",
 )
 
 

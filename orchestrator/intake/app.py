@@ -227,6 +227,7 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
                           headers={"WWW-Authenticate": _BEARER_CHALLENGE + ', error="invalid_token"'})
         if scope not in credential.scopes:
             raise Problem("forbidden", f"credential {credential.key_id} does not have the {scope} scope")
+        request.state.credential = credential
         return credential
 
     def tenant_of(request: Request, scope: str) -> TenantConfig:
@@ -276,28 +277,28 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
             raise Problem("client-disconnected", f"the client closed the connection after {size} bytes") from None
         return b"".join(chunks)
 
-    async def accept(tenant: TenantConfig, key: str | None, digest: str, build, *,
+    async def accept(tenant: TenantConfig, key: str | None, digest: str, build, *, caller: str,
                      earlier_digest: str | None = None) -> Response:
         """Shared idempotent acceptance: build payments, publish, remember the answer.
 
         `digest` identifies the request's content; an answer stored under the key
         with `earlier_digest` (how an earlier version identified the same content) is the
-        same request too.
+        same request too. `caller` is the credential's key id, for the audit trail in the log.
         """
         if key is None:
-            return await _accept_locked(tenant, key, (digest, earlier_digest), build)
+            return await _accept_locked(tenant, key, (digest, earlier_digest), build, caller)
         # Requests with the same key are serialised so the second sees the first's answer.
         lock_key = (tenant.tenant_id, key)
         lock = key_locks.setdefault(lock_key, asyncio.Lock())
         try:
             async with lock:
-                return await _accept_locked(tenant, key, (digest, earlier_digest), build)
+                return await _accept_locked(tenant, key, (digest, earlier_digest), build, caller)
         finally:
             if not lock.locked() and key_locks.get(lock_key) is lock:
                 del key_locks[lock_key]
 
     async def _accept_locked(tenant: TenantConfig, key: str | None, digests: tuple[str, str | None],
-                             build) -> Response:
+                             build, caller: str) -> Response:
         digest = digests[0]
         if key is not None:
             row = state["idempotency"].lookup(tenant.tenant_id, key)
@@ -344,7 +345,8 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
             metrics.received.labels(tenant.tenant_id, channel).inc()
             # Where the broker says it stored the event: the first thing to check if a
             # payment is ever reported lost (see ARCHITECTURE, known gaps).
-            log.info("payment received", extra={**event.log_context(), "partition": partition, "offset": offset})
+            log.info("payment received", extra={**event.log_context(), "partition": partition, "offset": offset,
+                                                "credential": caller})
         return JsonResponse(response, status_code=202, headers={"Location": response.get("links", {}).get("self", "")})
 
     async def post_payment(request: Request) -> Response:
@@ -392,7 +394,8 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
                                       for p in problems])
             return [payment], "json", lambda ps: _accepted_body(ps[0])
 
-        return await accept(tenant, key, json_digest(raw), build, earlier_digest=body_digest(body, "json"))
+        return await accept(tenant, key, json_digest(raw), build, caller=request.state.credential.key_id,
+                            earlier_digest=body_digest(body, "json"))
 
     # The hot path: every payment comes this way (see IntakeApp).
     app.add_api_route("/v1/payments", post_payment, methods=["POST"], status_code=202)
@@ -414,7 +417,7 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
                                           settings.intake.max_xml_body_bytes)
             return payments, payments[0].source_format, _accepted_document_body
 
-        return await accept(tenant, key, body_digest(body, "xml"), build)
+        return await accept(tenant, key, body_digest(body, "xml"), build, caller=request.state.credential.key_id)
 
     @app.get("/v1/payments/{payment_id}")
     async def get_payment(payment_id: str, request: Request):

@@ -36,7 +36,7 @@ def test_a_key_verifies_to_its_tenant_and_scopes_and_only_its_digest_is_stored(s
     assert verified is not None
     assert (verified.tenant_id, verified.scopes, verified.key_id) == ("emea", frozenset({SCOPE_SUBMIT}),
                                                                       credential.key_id)
-    secret = key.rsplit("_", 1)[1]
+    secret = key.split("_", 2)[2]
     rows = sqlite3.connect(tmp_path / "credentials.sqlite").execute("SELECT * FROM api_keys").fetchall()
     assert len(rows) == 1 and not any(secret in str(value) for value in rows[0])
 
@@ -105,7 +105,7 @@ def test_the_cli_creates_lists_and_revokes_keys(tmp_path):
     assert credential.tenant_id == "emea" and credential.scopes == frozenset({SCOPE_READ, SCOPE_OPERATE})
     listed = cli(tmp_path, "list")
     assert listed.returncode == 0 and credential.key_id in listed.stdout and "live" in listed.stdout
-    assert key not in listed.stdout and key.rsplit("_", 1)[1] not in listed.stdout
+    assert key not in listed.stdout and key.split("_", 2)[2] not in listed.stdout
     assert "1 keys, 1 live" in listed.stdout
     revoked = cli(tmp_path, "revoke", credential.key_id)
     assert revoked.returncode == 0 and f"revoked {credential.key_id}" in revoked.stdout

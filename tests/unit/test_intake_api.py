@@ -221,6 +221,15 @@ def test_a_request_without_a_valid_credential_is_401_with_a_bearer_challenge(wor
     assert world.producer.produced == []
 
 
+def test_the_log_names_the_credential_that_submitted_a_payment_and_never_the_key(world, caplog):
+    caplog.set_level("INFO", logger="payorch.intake")
+    payment_id = post(world, sample_body("emea")).json()["payment_id"]
+    [record] = [r for r in caplog.records if r.getMessage() == "payment received"]
+    key = world.keys["emea"]
+    assert record.payment_id == payment_id and record.credential == key.split("_")[1]
+    assert key.split("_", 2)[2] not in caplog.text
+
+
 def test_a_credential_acts_only_within_its_tenant(world):
     payment_id = post(world, sample_body("emea"), key="k-bola").json()["payment_id"]
     # Another tenant's key cannot tell the payment from one that does not exist...
