@@ -131,6 +131,10 @@ class IntakeSettings(BaseModel):
     max_concurrent_connections: int = Field(default=2_048, ge=1, le=100_000)
     # An idle keep-alive connection is closed after this long.
     keep_alive_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    # Payments one API key may submit per second on average, and at once (429
+    # `rate-limited` past it; orchestrator/intake/rate_limit.py). Per intake process.
+    submit_rate_per_credential_per_s: float = Field(default=5_000.0, gt=0, le=1_000_000)
+    submit_burst_per_credential: int = Field(default=10_000, ge=1, le=10_000_000)
 
 
 class ClearingSettings(BaseModel):

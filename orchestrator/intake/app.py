@@ -51,6 +51,7 @@ from orchestrator.intake.models import CreditTransferIn
 from orchestrator.intake.openapi import install as install_openapi
 from orchestrator.intake.problems import JsonResponse, Problem
 from orchestrator.intake.publisher import EventPublisher, PublishError
+from orchestrator.intake.rate_limit import SubmissionRateLimit
 from orchestrator.kafka_clients import make_producer
 from orchestrator.settings import Settings
 from orchestrator.stages.tracking import TrackingStore
@@ -106,6 +107,9 @@ class Metrics:
                                           registry=self.registry)
         self.shed = Counter("payorch_intake_payments_shed_total",
                             "Payments refused with 503 by admission control", ["tenant"], registry=self.registry)
+        self.rate_limited = Counter("payorch_intake_payments_rate_limited_total",
+                                    "Payments refused with 429: their API key was over its rate", ["tenant"],
+                                    registry=self.registry)
         self.publish_seconds = Histogram("payorch_intake_publish_seconds", "Time until the broker acknowledged",
                                          buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
                                          registry=self.registry)
@@ -164,6 +168,8 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
         state["credentials"] = CredentialStore(settings.data_dir / CREDENTIALS_FILE)
         state["tracking"] = None
         state["admission"] = AdmissionGate(settings.intake, flow_health)
+        state["rate_limit"] = SubmissionRateLimit(settings.intake.submit_rate_per_credential_per_s,
+                                                  settings.intake.submit_burst_per_credential)
         yield
         state["publisher"].close()
         state["idempotency"].close()
@@ -312,6 +318,12 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
         payments, channel, response_of = build()
         # After the replay lookup (a known key gets its answer even while shedding) and
         # before anything is published: a refused payment never exists.
+        wait_s = state["rate_limit"].take(caller, len(payments), time.monotonic())
+        if wait_s is not None:
+            metrics.rate_limited.labels(tenant.tenant_id).inc(len(payments))
+            raise Problem("rate-limited", f"credential {caller} is over its rate of "
+                          f"{settings.intake.submit_rate_per_credential_per_s:g} payments/s; nothing was accepted, "
+                          f"send again after {wait_s} s", headers={"Retry-After": str(wait_s)})
         shed = state["admission"].check(tenant, len(payments))
         if shed is not None:
             metrics.shed.labels(tenant.tenant_id).inc(len(payments))

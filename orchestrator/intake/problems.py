@@ -35,6 +35,7 @@ PROBLEM_KINDS: dict[str, tuple[int, str]] = {
     "schema-violation": (422, "The document does not conform to its ISO 20022 schema"),
     "unsupported-message": (422, "The ISO 20022 message type or version is not supported"),
     "document-invalid": (422, "The ISO 20022 document is not consistent"),
+    "rate-limited": (429, "This API key has submitted more payments than its rate allows"),
     "overloaded": (503, "The payment flow cannot take more payments now; send again after Retry-After"),
     "broker-unavailable": (503, "The broker did not confirm the payment in time; its outcome is unknown"),
     "internal-error": (500, "Internal error"),

@@ -526,3 +526,29 @@ def test_the_openapi_document_describes_bodies_headers_security_and_problems(wor
     # Every problem kind the intake can send is named in the document.
     kinds = spec["components"]["schemas"]["Problem"]["properties"]["type"]["enum"]
     assert "https://payorch.dev/problems/unauthenticated" in kinds
+
+
+def test_a_key_over_its_submission_rate_gets_429_and_other_keys_do_not(tmp_path):
+    from orchestrator.intake.rate_limit import SubmissionRateLimit
+
+    world = World(tmp_path, intake={"submit_rate_per_credential_per_s": 0.01, "submit_burst_per_credential": 2})
+    with TestClient(world.app, raise_server_exceptions=False, base_url="http://127.0.0.1:8080") as client:
+        world.client = client
+        body = sample_body("emea")
+        assert post(world, body, key="r-1").status_code == 202
+        assert post(world, body, key="r-1").status_code == 202  # a replay is not a new payment
+        assert post(world, sample_body("emea"), key="r-2").status_code == 202
+        refused = post(world, sample_body("emea"), key="r-3")
+        assert_problem(refused, 429, "rate-limited")
+        assert int(refused.headers["retry-after"]) >= 1
+        assert len(world.producer.produced) == 2
+        assert post(world, sample_body("na"), tenant="na").status_code == 202  # another key, its own bucket
+        metrics = client.get("/metrics", headers=world.auth()).text
+        assert 'payorch_intake_payments_rate_limited_total{tenant="emea"} 1.0' in metrics
+    # The bucket refills at its rate and never holds more than the burst.
+    limit = SubmissionRateLimit(rate_per_s=10, burst=5)
+    assert limit.take("k", 5, now=0.0) is None
+    assert limit.take("k", 1, now=0.0) == 1
+    assert limit.take("k", 1, now=0.1) is None
+    assert limit.take("k", 5, now=100.0) is None and limit.take("k", 1, now=100.0) == 1
+    assert limit.take("k", 50, now=200.0) is None  # a document larger than the burst, once the bucket is full
