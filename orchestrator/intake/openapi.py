@@ -65,9 +65,10 @@ _HEADERS = {
 }
 _DESCRIPTIONS = {400: "Bad request", 401: "No valid API key", 403: "The key does not allow this", 404: "Not found",
                  405: "Method not allowed", 408: "The body did not arrive in time", 409: "Conflict",
-                 413: "Too large", 415: "Unsupported media type", 422: "Not valid", 500: "Internal error",
+                 413: "Too large", 415: "Unsupported media type", 422: "Not valid",
+                 429: "The key is over its submission rate; send again after Retry-After", 500: "Internal error",
                  503: "Overloaded, or the outcome is unknown; send again after Retry-After"}
-_SUBMIT_STATUSES = (400, 401, 403, 408, 413, 415, 422, 500, 503)
+_SUBMIT_STATUSES = (400, 401, 403, 408, 413, 415, 422, 429, 500, 503)
 _READ_STATUSES = (401, 403, 404, 422, 500)
 
 
@@ -75,6 +76,16 @@ def _problems(statuses: tuple[int, ...]) -> dict[str, Any]:
     return {str(status): {"description": _DESCRIPTIONS[status],
                           "content": {PROBLEM_CONTENT_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
             for status in statuses}
+
+
+_JSON_OBJECT = {"application/json": {"schema": {"type": "object"}}}
+_XML_DOCUMENT = {"application/xml": {"schema": {"type": "string"}}}
+# What each GET answers with 200: FastAPI declares an untyped return as a string.
+_OK_CONTENT = {
+    "/metrics": {"text/plain": {"schema": {"type": "string"}}},
+    "/v1/payments/{payment_id}/notification": _XML_DOCUMENT,
+    "/v1/settlement/cycles/{cycle_id}/statement": _XML_DOCUMENT,
+}
 
 
 def describe(app: FastAPI) -> dict[str, Any]:
@@ -101,10 +112,17 @@ def describe(app: FastAPI) -> dict[str, Any]:
         for method, operation in operations.items():
             responses = operation.setdefault("responses", {})
             responses.pop("422", None)  # FastAPI's validation shape; ours is problem+json
+            if method == "get":
+                responses["200"] = {"description": "OK", "content": _OK_CONTENT.get(path, _JSON_OBJECT)}
             if path.startswith("/v1/") and method == "get":
                 operation.setdefault("parameters", []).append(_HEADERS["tenant"])
                 responses.update(_problems(_READ_STATUSES))
+            for parameter in operation.get("parameters", []):
+                if path.endswith("/notification") and parameter["name"] == "party":
+                    parameter["schema"] = {"type": "string", "enum": ["debtor", "creditor"], "default": "debtor"}
     paths["/metrics"]["get"]["responses"].update(_problems((401, 403)))
+    paths["/readyz"]["get"]["responses"]["503"] = {"description": "The broker does not answer",
+                                                   "content": _JSON_OBJECT}
     payments = paths["/v1/payments"]["post"]
     payments["parameters"] = [_HEADERS["idempotency"], _HEADERS["tenant"]]
     payments["requestBody"] = {"required": True, "content": {
