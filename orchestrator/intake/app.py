@@ -318,12 +318,6 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
         payments, channel, response_of = build()
         # After the replay lookup (a known key gets its answer even while shedding) and
         # before anything is published: a refused payment never exists.
-        wait_s = state["rate_limit"].take(caller, len(payments), time.monotonic())
-        if wait_s is not None:
-            metrics.rate_limited.labels(tenant.tenant_id).inc(len(payments))
-            raise Problem("rate-limited", f"credential {caller} is over its rate of "
-                          f"{settings.intake.submit_rate_per_credential_per_s:g} payments/s; nothing was accepted, "
-                          f"send again after {wait_s} s", headers={"Retry-After": str(wait_s)})
         shed = state["admission"].check(tenant, len(payments))
         if shed is not None:
             metrics.shed.labels(tenant.tenant_id).inc(len(payments))
@@ -332,6 +326,14 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
             raise Problem("overloaded", f"{shed.reason}; nothing was accepted, send again after "
                           f"{shed.retry_after_s} s (the same Idempotency-Key is safe)",
                           headers={"Retry-After": str(shed.retry_after_s)})
+        # Last of the refusals, so a payment shed for the flow's sake does not use up its
+        # key's rate as well.
+        wait_s = state["rate_limit"].take(caller, len(payments), time.monotonic())
+        if wait_s is not None:
+            metrics.rate_limited.labels(tenant.tenant_id).inc(len(payments))
+            raise Problem("rate-limited", f"credential {caller} is over its rate of "
+                          f"{settings.intake.submit_rate_per_credential_per_s:g} payments/s; nothing was accepted, "
+                          f"send again after {wait_s} s", headers={"Retry-After": str(wait_s)})
         now = datetime.now(UTC)
         events = [received_event(p, channel=channel, idempotency_key=key, occurred_at=now, region=settings.region)
                   for p in payments]

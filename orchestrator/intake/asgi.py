@@ -61,14 +61,17 @@ class IntakeApp(FastAPI):
         self._direct_routes[(method, path)] = endpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not self._any_host and get_route_path(scope) not in _ANY_HOST_PATHS:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        path = get_route_path(scope)
+        if not self._any_host and path not in _ANY_HOST_PATHS:
             host = host_of(scope)
             if host not in self._allowed_hosts:
                 problem = Problem("host-not-allowed", f"this intake does not serve host {(host or '')[:64]!r}")
-                await problem.response(instance=get_route_path(scope))(scope, receive, send)
+                await problem.response(instance=path)(scope, receive, send)
                 return
-        endpoint = (self._direct_routes.get((scope["method"], get_route_path(scope)))
-                    if scope["type"] == "http" else None)
+        endpoint = self._direct_routes.get((scope["method"], path))
         if endpoint is None:
             await super().__call__(scope, receive, send)
             return
