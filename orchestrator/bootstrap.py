@@ -70,13 +70,26 @@ def build_stage(name: str, settings: Settings, tenants: dict[str, TenantConfig],
     raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGE_NAMES)}")
 
 
-def run_stage(name: str, settings: Settings, *, instance_id: str = "0") -> None:
-    """Run one stage until SIGTERM/SIGINT: what `payorch run STAGE` and a container do."""
+def run_stages(names: list[str], settings: Settings, *, instance_id: str = "0") -> None:
+    """Run stages until SIGTERM/SIGINT: one stage is what `payorch run STAGE` and a
+    container do; several share one process, one consumer and one transaction per commit
+    interval (`payorch up`'s plan, see `Settings.stage_processes`)."""
     from orchestrator.runtime import StageRunner
 
     tenants = load_configured_tenants(settings)
     codec = make_codec(settings)
-    handler = build_stage(name, settings, tenants, codec)
-    runner = StageRunner(handler, settings, sorted(tenants), codec, instance_id=instance_id)
+    handlers = [build_stage(name, settings, tenants, codec) for name in in_flow_order(names)]
+    runner = StageRunner(handlers, settings, sorted(tenants), codec, instance_id=instance_id)
     runner.install_signal_handlers()
     runner.run()
+
+
+def in_flow_order(names: list[str]) -> list[str]:
+    """`names` checked and put in the flow's order (so one set of stages always gives one
+    process name, hence one consumer group)."""
+    unknown = [name for name in names if name not in STAGE_NAMES]
+    if unknown:
+        raise ValueError(f"unknown stage {unknown[0]!r}; stages are {', '.join(STAGE_NAMES)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"a stage is named twice in {names}")
+    return [name for name in STAGE_NAMES if name in names]

@@ -34,17 +34,20 @@ def up() -> None:
 
 
 @app.command()
-def run(stage: Annotated[str, typer.Argument(help=f"one of: {', '.join(STAGE_NAMES)}")],
+def run(stages: Annotated[list[str], typer.Argument(help=f"one or more of: {', '.join(STAGE_NAMES)}")],
         instance: Annotated[str, typer.Option(help="instance id, unique per replica")] = "0") -> None:
-    """Run one stage, as its container does."""
-    from orchestrator.bootstrap import run_stage
+    """Run one stage, as its container does, or several stages in one process."""
+    from orchestrator.bootstrap import in_flow_order, run_stages
+    from orchestrator.runtime import process_name
 
-    if stage not in STAGE_NAMES:
-        typer.echo(f"unknown stage {stage!r}; stages are {', '.join(STAGE_NAMES)}", err=True)
-        raise typer.Exit(2)
+    try:
+        names = in_flow_order(stages)
+    except ValueError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
     settings = get_settings()
-    configure_logging(stage, settings.log_level, settings.log_format)
-    run_stage(stage, settings, instance_id=instance)
+    configure_logging(process_name(names), settings.log_level, settings.log_format)
+    run_stages(names, settings, instance_id=instance)
 
 
 @app.command()

@@ -340,21 +340,21 @@ class TransactionalCheckpoint(Checkpoint):
                     metadata = consumer.consumer_group_metadata()
                     call_retrying(runner.watchdog, "send_offsets_to_transaction",
                                   partial(self.producer.send_offsets_to_transaction, offsets, metadata),
-                                  min(timeout_s, TXN_OFFSETS_TIMEOUT_S), TXN_COMMIT_ATTEMPTS_MAX, runner.handler.name)
+                                  min(timeout_s, TXN_OFFSETS_TIMEOUT_S), TXN_COMMIT_ATTEMPTS_MAX, runner.name)
             hold_s = runner.settings.runtime.drill_hold_transaction_s
             if hold_s and self.record_count:
                 log.warning("drill: holding a transaction of %d records open for %.1f s", self.record_count, hold_s,
-                            extra={"stage": runner.handler.name})
+                            extra={"stage": runner.name})
                 time.sleep(hold_s)
             call_retrying(runner.watchdog, "commit_transaction", self.producer.commit_transaction, timeout_s,
-                          TXN_COMMIT_ATTEMPTS_MAX, runner.handler.name)
+                          TXN_COMMIT_ATTEMPTS_MAX, runner.name)
             return True
         except KafkaException as exc:
             error = exc.args[0]
             if not error.txn_requires_abort():
                 raise
             log.warning("aborting transaction and re-reading the batch: %s", error,
-                        extra={"stage": runner.handler.name})
+                        extra={"stage": runner.name})
             with runner.watchdog.guard("abort_transaction", timeout_s):
                 self.producer.abort_transaction(timeout_s)
             runner.rewind()
@@ -395,34 +395,57 @@ class AtLeastOnceCheckpoint(Checkpoint):
             except KafkaException as exc:
                 # Typically a rebalance took the partitions away: the new owner re-reads
                 # the batch and, stages being idempotent, re-emits events with the same ids.
-                log.warning("storing offsets failed: %s", exc, extra={"stage": self.runner.handler.name})
+                log.warning("storing offsets failed: %s", exc, extra={"stage": self.runner.name})
         return True
 
 
+def process_name(stage_names: Sequence[str]) -> str:
+    """The name of a process hosting `stage_names`: the stage's own name for one stage
+    (as a container runs it), the names joined by "+" for several. It names the
+    process's consumer group, transactional id, log lines, log file and pid file."""
+    if not stage_names:
+        raise ValueError("a stage process hosts at least one stage")
+    return "+".join(stage_names)
+
+
 class StageRunner:
+    """Runs one or more stages in one process, with one consumer, one producer and one
+    checkpoint (one Kafka transaction) per commit interval for all of them.
+
+    Each hosted stage still reads only its own input topics and writes only its own
+    output topic: hosting changes how many clients and transactions the stages cost,
+    not how they talk. A message read by two hosted stages (sanctions' and fraud's
+    `initiated`, say) is decoded once and handed to both; each decides on its own.
+    """
+
     def __init__(
         self,
-        handler: StageHandler,
+        handlers: Sequence[StageHandler],
         settings: Settings,
         tenants: Sequence[str],
         codec: EventCodec,
         *,
         instance_id: str = "0",
     ) -> None:
-        self.handler = handler
+        self.handlers = list(handlers)
+        self.name = process_name([handler.name for handler in self.handlers])
+        if len({handler.name for handler in self.handlers}) != len(self.handlers):
+            raise ValueError(f"a stage is named twice in {self.name}")
+        self._handler_by_name = {handler.name: handler for handler in self.handlers}
         self.settings = settings
         self.codec = codec
         self.namer = TopicNamer(settings.topic_template)
         self.tenants = list(tenants)
-        self.output_topic = OUTPUT_TOPIC_OF_STAGE.get(handler.name)
+        self.output_topic_of = {handler.name: OUTPUT_TOPIC_OF_STAGE.get(handler.name) for handler in self.handlers}
+        has_outputs = any(topic is not None for topic in self.output_topic_of.values())
         self.stats = RuntimeStats()
         self._stop = threading.Event()
-        client_id = f"payorch-{handler.name}-{instance_id}"
-        group_id = f"{settings.consumer_group_prefix}.{handler.name}"
-        # A stage with outputs runs consume-transform-produce in transactions; a sink
+        client_id = f"payorch-{self.name}-{instance_id}"
+        group_id = f"{settings.consumer_group_prefix}.{self.name}"
+        # A process with outputs runs consume-transform-produce in transactions; a sink
         # (tracking) writes only its own store and commits offsets after it (see
         # AtLeastOnceCheckpoint), which gives it the same guarantee for less.
-        self.transactional = settings.runtime.exactly_once and self.output_topic is not None
+        self.transactional = settings.runtime.exactly_once and has_outputs
         # A fatal client error (a static member fenced after the broker came back, a
         # fenced transactional producer) is reported only through this callback; a client
         # in that state never recovers, so the loop ends the process and its supervisor
@@ -430,12 +453,17 @@ class StageRunner:
         self._fatal_error: str | None = None
         self.consumer: Consumer = make_consumer(settings, group_id, client_id, instance_id=instance_id,
                                                 transactional=self.transactional,
-                                                role="main" if self.output_topic else "sink",
+                                                role="main" if has_outputs else "sink",
                                                 overrides={"error_cb": self._on_client_error})
         retry_levels = settings.runtime.retry.levels
-        self.input_topics = [self.namer.topic(t, s) for t in self.tenants for s in handler.input_topics]
-        self.retry_topics = [self.namer.retry(t, s, level) for t in self.tenants for s in handler.input_topics
+        stage_topics = list(dict.fromkeys(s for handler in self.handlers for s in handler.input_topics))
+        self.input_topics = [self.namer.topic(t, s) for t in self.tenants for s in stage_topics]
+        self.retry_topics = [self.namer.retry(t, s, level) for t in self.tenants for s in stage_topics
                              for level in range(1, retry_levels + 1)]
+        # Input topic -> the hosted stages that read it, in flow order.
+        self._readers: dict[str, tuple[StageHandler, ...]] = {
+            self.namer.topic(t, s): tuple(h for h in self.handlers if s in h.input_topics)
+            for t in self.tenants for s in stage_topics}
         # Retry topics are nearly always empty. Their own consumer (own group) long-polls
         # them, so the main consumer's fetches carry only the input partitions: librdkafka
         # has no incremental fetch sessions, and every fetch lists every partition.
@@ -444,12 +472,12 @@ class StageRunner:
             self.retry_consumer = make_consumer(
                 settings, f"{group_id}.retry", f"{client_id}-retry", instance_id=instance_id,
                 transactional=self.transactional, role="retry", overrides={"error_cb": self._on_client_error})
-        # One transactional id per stage instance: a restarted instance fences its own
+        # One transactional id per process instance: a restarted instance fences its own
         # zombie, and consumer-group metadata fences one that lost its partitions.
         self.producer: Producer = make_producer(
             settings, client_id, transactional_id=f"{group_id}.{instance_id}" if self.transactional else None,
             overrides={"error_cb": self._on_client_error})
-        self.watchdog = HangWatchdog(handler.name)
+        self.watchdog = HangWatchdog(self.name)
         if self.transactional:
             self._init_transactions(settings.runtime.produce_ack_timeout_s)
         # Retry partitions paused until their head event is due: (topic, partition) -> monotonic time.
@@ -467,13 +495,13 @@ class StageRunner:
 
     def _init_transactions(self, timeout_s: float) -> None:
         call_retrying(self.watchdog, "init_transactions", self.producer.init_transactions, timeout_s,
-                      INIT_TRANSACTIONS_ATTEMPTS_MAX, self.handler.name)
+                      INIT_TRANSACTIONS_ATTEMPTS_MAX, self.name)
 
     def _on_client_error(self, error: KafkaError) -> None:
         if error.fatal() or error.code() == KafkaError._FATAL:
             self._fatal_error = str(error)
         elif error.code() not in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN):
-            log.warning("Kafka client error: %s", error, extra={"stage": self.handler.name})
+            log.warning("Kafka client error: %s", error, extra={"stage": self.name})
 
     def request_stop(self, *_args: object) -> None:
         self._stop.set()
@@ -527,8 +555,8 @@ class StageRunner:
         self.consumer.subscribe(self.input_topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
         if self.retry_consumer is not None:
             self.retry_consumer.subscribe(self.retry_topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
-        log.info("stage %s consuming %d topics and %d retry topics", self.handler.name, len(self.input_topics),
-                 len(self.retry_topics), extra={"stage": self.handler.name})
+        log.info("stage %s consuming %d topics and %d retry topics", self.name, len(self.input_topics),
+                 len(self.retry_topics), extra={"stage": self.name})
         tick_interval_s = self.settings.runtime.tick_interval_ms / 1000
         next_tick = time.monotonic() + tick_interval_s
         next_report = time.monotonic() + STATS_REPORT_INTERVAL_S
@@ -599,25 +627,28 @@ class StageRunner:
         handled = stats.handled - stats.reported_handled
         commits = stats.commits - stats.reported_commits
         log.info("stage %s: %d events in %d batches and %d commits (mean %.1f per batch, mean %.1f ms, max %.1f ms)",
-                 self.handler.name, handled, batches, commits, handled / batches, stats.batch_ms_sum / batches,
-                 stats.batch_ms_max, extra={"stage": self.handler.name, "count": handled})
+                 self.name, handled, batches, commits, handled / batches, stats.batch_ms_sum / batches,
+                 stats.batch_ms_max, extra={"stage": self.name, "count": handled})
         stats.reported_batches, stats.reported_handled, stats.reported_commits = stats.batches, stats.handled, stats.commits
         stats.batch_ms_sum = stats.batch_ms_max = 0.0
 
     def _run_tick(self) -> None:
-        outputs = self.handler.tick(datetime.now(UTC))
-        if not outputs:
+        now = datetime.now(UTC)
+        ticked = [(handler, outputs) for handler in self.handlers if (outputs := handler.tick(now))]
+        if not ticked:
             return
         # Timer outputs have no input offsets to redeliver them: the stage keeps them
         # until `published` confirms them, and re-emits them on the next tick.
         checkpoint = self.new_checkpoint()
-        checkpoint.add_records(self._output_records(outputs))
+        for handler, outputs in ticked:
+            checkpoint.add_records(self._output_records(handler, outputs))
         if not checkpoint.commit():
             return
-        self.stats.produced += len(outputs)
-        confirm = getattr(self.handler, "published", None)
-        if confirm is not None:
-            confirm(outputs)
+        for handler, outputs in ticked:
+            self.stats.produced += len(outputs)
+            confirm = getattr(handler, "published", None)
+            if confirm is not None:
+                confirm(outputs)
 
     def process_batch(self, messages: list[Message], checkpoint: Checkpoint | None = None) -> None:
         """Handle one consumed batch into `checkpoint` (or into its own, committed at once)."""
@@ -625,13 +656,13 @@ class StageRunner:
         if own_checkpoint:
             checkpoint = self.new_checkpoint()
         started = time.perf_counter()
-        events: list[Event] = []
-        sources: list[Message] = []
-        poison: list[tuple[Message, Exception]] = []
+        # Per hosted stage: the events it reads from this batch and the message of each.
+        work: dict[str, tuple[list[Event], list[Message]]] = {handler.name: ([], []) for handler in self.handlers}
+        # (message, why, the stage that could not read it)
+        poison: list[tuple[Message, Exception, str]] = []
         # Retry partitions whose head is not due: (topic, partition) -> first offset left unread.
         held: dict[tuple[str, int], int] = {}
         now_ms = int(time.time() * 1000)
-        wanted = self.handler.input_event_types
         for message in messages:
             error = message.error()
             if error is not None:
@@ -639,14 +670,16 @@ class StageRunner:
                     continue
                 if error.fatal() or error.code() == KafkaError._FATAL:
                     raise FatalClientError(f"fatal consumer error: {error}")
-                log.warning("consumer error: %s", error, extra={"stage": self.handler.name})
+                log.warning("consumer error: %s", error, extra={"stage": self.name})
                 continue
             where = (message.topic(), message.partition())
             if where in held:
                 continue
             headers = message.headers() or ()
             if retries.is_retry_topic(message.topic()):
-                if _header(headers, retries.H_STAGE) != self.handler.name:
+                # A retry is meant for the one stage that asked for it.
+                retrying = self._handler_by_name.get(_header(headers, retries.H_STAGE) or "")
+                if retrying is None:
                     self.stats.skipped += 1  # another stage's retry
                     continue
                 due_at_ms = int(_header(headers, retries.H_DUE_AT_MS) or 0)
@@ -654,69 +687,98 @@ class StageRunner:
                     held[where] = message.offset()
                     self._hold_until_due(message, due_at_ms)
                     continue
+                readers: tuple[StageHandler, ...] = (retrying,)
+            else:
+                readers = self._readers.get(message.topic(), ())
             self.stats.consumed += 1
-            if wanted is not None and _header(headers, HEADER_EVENT_TYPE) not in wanted:
+            event_type = _header(headers, HEADER_EVENT_TYPE)
+            readers = tuple(h for h in readers if h.input_event_types is None or event_type in h.input_event_types)
+            if not readers:
                 self.stats.skipped += 1
                 continue
-            try:
-                events.append(self._decode(message))
-                sources.append(message)
-            except UndecodableEvent as exc:
-                poison.append((message, exc))
+            self._decode_for(message, readers, work, poison)
 
-        retry_due: list[tuple[Message, str, str, datetime | None]] = []
-        outputs = self._decide(events, sources, poison, retry_due)
+        retry_due: list[tuple[Message, str, str, datetime | None, str]] = []
+        outputs_of: list[tuple[StageHandler, list[Event]]] = []
+        for handler in self.handlers:
+            events, sources = work[handler.name]
+            if events:
+                outputs_of.append((handler, self._decide(handler, events, sources, poison, retry_due)))
         retry_records = self._retry_records(retry_due, poison)
-        checkpoint.add_records(self._dead_letter_records(poison) + retry_records + self._output_records(outputs))
+        records = self._dead_letter_records(poison) + retry_records
+        for handler, outputs in outputs_of:
+            records += self._output_records(handler, outputs)
+        checkpoint.add_records(records)
         checkpoint.add_offsets(self._next_offsets(messages, held))
         if own_checkpoint and not checkpoint.commit():
             return  # aborted and rewound: the batch is consumed again
         self.stats.dead_lettered += len(poison)
         self.stats.retried += len(retry_records)
-        self.stats.produced += len(outputs)
-        self.stats.handled += len(events)
+        self.stats.produced += sum(len(outputs) for _, outputs in outputs_of)
+        self.stats.handled += sum(len(events) for events, _ in work.values())
         self.stats.batches += 1
         self.stats.last_batch_ms = (time.perf_counter() - started) * 1000
         self.stats.batch_ms_sum += self.stats.last_batch_ms
         self.stats.batch_ms_max = max(self.stats.batch_ms_max, self.stats.last_batch_ms)
 
-    def _decode(self, message: Message):
-        """A stage that reads more than payment events, or reads them without decoding
-        every body (tracking), decodes its messages itself; the rest get payment events."""
-        decode = getattr(self.handler, "decode_message", None)
-        if decode is not None:
-            return decode(message)
-        return self.codec.decode(message.value() or b"")
+    def _decode_for(self, message: Message, readers: Sequence[StageHandler],
+                    work: dict[str, tuple[list[Event], list[Message]]], poison: list) -> None:
+        """Decode `message` for each stage in `readers`, into `work` or `poison`.
 
-    def _decide(self, events: list[Event], sources: list[Message], poison: list, retry_due: list) -> list[Event]:
-        """The batch's outputs; fills `poison` and `retry_due` (message, error class, detail, not before)."""
-        if not events:
-            return []
+        A stage that reads more than payment events, or reads them without decoding every
+        body (tracking), decodes its messages itself; the others share one decoded payment
+        event (events are immutable)."""
+        shared: Event | UndecodableEvent | None = None
+        for handler in readers:
+            decode = getattr(handler, "decode_message", None)
+            try:
+                if decode is not None:
+                    event = decode(message)
+                else:
+                    if shared is None:
+                        try:
+                            shared = self.codec.decode(message.value() or b"")
+                        except UndecodableEvent as exc:
+                            shared = exc
+                    if isinstance(shared, UndecodableEvent):
+                        raise shared
+                    event = shared
+            except UndecodableEvent as exc:
+                poison.append((message, exc, handler.name))
+                continue
+            events, sources = work[handler.name]
+            events.append(event)
+            sources.append(message)
+
+    def _decide(self, handler: StageHandler, events: list[Event], sources: list[Message], poison: list,
+                retry_due: list) -> list[Event]:
+        """The stage's outputs for its events of the batch; fills `poison` and `retry_due`."""
         now = datetime.now(UTC)
         try:
-            return self._split_retries(self.handler.handle_batch(events, now), events, sources, retry_due)
+            return self._split_retries(handler, handler.handle_batch(events, now), events, sources, retry_due)
         except Exception:
             log.exception("stage %s failed on a batch of %d; isolating the failing events",
-                          self.handler.name, len(events), extra={"stage": self.handler.name})
+                          handler.name, len(events), extra={"stage": handler.name})
         # Handle one by one so one bad event cannot hold back the rest of the batch.
         outputs: list[Event] = []
         for event, message in zip(events, sources, strict=True):
             try:
-                outputs.extend(self._split_retries(self.handler.handle_batch([event], now), [event], [message],
+                outputs.extend(self._split_retries(handler, handler.handle_batch([event], now), [event], [message],
                                                    retry_due))
             except Exception as exc:
-                context = {**event.log_context(), "stage": self.handler.name, "error_class": type(exc).__name__}
+                context = {**event.log_context(), "stage": handler.name, "error_class": type(exc).__name__}
                 if retries.is_transient(exc):
-                    log.warning("stage %s will retry event after a transient fault: %r", self.handler.name, exc,
+                    log.warning("stage %s will retry event after a transient fault: %r", handler.name, exc,
                                 extra=context)
-                    retry_due.append((message, type(exc).__name__, str(exc), None))
+                    retry_due.append((message, type(exc).__name__, str(exc), None, handler.name))
                 else:  # a failed invariant or a bug: dead-letter, loudly
-                    log.error("stage %s cannot handle event: %r", self.handler.name, exc, extra=context)
-                    poison.append((message, exc))
+                    log.error("stage %s cannot handle event: %r", handler.name, exc, extra=context)
+                    poison.append((message, exc, handler.name))
         return outputs
 
     @staticmethod
-    def _split_retries(results: list, events: list[Event], sources: list[Message], retry_due: list) -> list[Event]:
+    def _split_retries(handler: StageHandler, results: list, events: list[Event], sources: list[Message],
+                       retry_due: list) -> list[Event]:
         """Separate the stage's `RetryLater` answers from its output events."""
         if not any(isinstance(r, RetryLater) for r in results):
             return results
@@ -727,7 +789,7 @@ class StageRunner:
         for result in results:
             if isinstance(result, RetryLater):
                 retry_due.append((source_of[result.event.event_id], result.error_class, result.detail,
-                                  result.not_before))
+                                  result.not_before, handler.name))
             else:
                 outputs.append(result)
         return outputs
@@ -738,10 +800,11 @@ class StageRunner:
         settings = self.settings.runtime.retry
         records = []
         now = datetime.now(UTC)
-        for message, error_class, detail, not_before in retry_due:
+        for message, error_class, detail, not_before, stage in retry_due:
             attempt = int(header_value(message, retries.H_ATTEMPT) or 0) + 1
             if not_before is None and attempt > settings.levels:
-                poison.append((message, RetriesExhausted(f"{error_class} after {attempt - 1} retries: {detail}")))
+                poison.append((message, RetriesExhausted(f"{error_class} after {attempt - 1} retries: {detail}"),
+                               stage))
                 continue
             delay_s = retries.backoff_s(attempt, settings, self._rng)
             if not_before is not None:
@@ -750,22 +813,22 @@ class StageRunner:
                 delay_s = max(0.0, (not_before - now).total_seconds()) + self._rng.uniform(0, settings.jitter)
             origin = header_value(message, retries.H_ORIGIN_TOPIC) or message.topic()
             headers = retries.retry_headers(
-                list(message.headers() or []), stage=self.handler.name, origin_topic=origin, attempt=attempt,
+                list(message.headers() or []), stage=stage, origin_topic=origin, attempt=attempt,
                 first_failed_at=header_value(message, retries.H_FIRST_FAILED_AT) or now.isoformat(),
                 error_class=error_class, error=detail, due_at_ms=int((now.timestamp() + delay_s) * 1000))
             records.append((retries.retry_topic(origin, retries.level_of(attempt, settings)), message.key(),
                             message.value(), headers))
             log.info("retry %d of event in %.1f s: %s", attempt, delay_s, detail, extra={
-                "stage": self.handler.name, "error_class": error_class, "attempt": attempt,
+                "stage": stage, "error_class": error_class, "attempt": attempt,
                 "correlation_id": header_value(message, HEADER_CORRELATION_ID),
                 "tenant_id": header_value(message, HEADER_TENANT_ID)})
         return records
 
-    def _dead_letter_records(self, poison: list[tuple[Message, Exception]]) -> list[tuple]:
+    def _dead_letter_records(self, poison: list[tuple[Message, Exception, str]]) -> list[tuple]:
         """(topic, key, value, headers) for each poison message: original bytes plus why."""
         failed_at = datetime.now(UTC).isoformat()
         records = []
-        for message, exc in poison:
+        for message, exc, stage in poison:
             headers = list(message.headers() or [])
             # An event that failed in a retry topic belongs to the topic it first came from.
             origin = header_value(message, retries.H_ORIGIN_TOPIC) or message.topic()
@@ -774,14 +837,14 @@ class StageRunner:
                 (DLQ_HEADER_PREFIX + "origin_topic", origin.encode()),
                 (DLQ_HEADER_PREFIX + "origin_partition", str(message.partition()).encode()),
                 (DLQ_HEADER_PREFIX + "origin_offset", str(message.offset()).encode()),
-                (DLQ_HEADER_PREFIX + "stage", self.handler.name.encode()),
+                (DLQ_HEADER_PREFIX + "stage", stage.encode()),
                 (DLQ_HEADER_PREFIX + "error_class", type(exc).__name__.encode()),
                 (DLQ_HEADER_PREFIX + "error_message", str(exc)[:_DLQ_ERROR_MESSAGE_MAX_CHARS].encode()),
                 (DLQ_HEADER_PREFIX + "attempts", str(attempts).encode()),
                 (DLQ_HEADER_PREFIX + "failed_at", failed_at.encode()),
             ]
             log.error("dead-lettering message: %s", exc, extra={
-                "stage": self.handler.name, "topic": message.topic(), "partition": message.partition(),
+                "stage": stage, "topic": message.topic(), "partition": message.partition(),
                 "offset": message.offset(), "error_class": type(exc).__name__,
                 "correlation_id": header_value(message, HEADER_CORRELATION_ID),
                 "tenant_id": header_value(message, HEADER_TENANT_ID),
@@ -790,18 +853,19 @@ class StageRunner:
             records.append((origin + DLQ_SUFFIX, message.key(), message.value(), headers))
         return records
 
-    def _output_records(self, outputs: list[Event]) -> list[tuple]:
+    def _output_records(self, handler: StageHandler, outputs: list[Event]) -> list[tuple]:
         if not outputs:
             return []
-        if self.output_topic is None:
-            raise RuntimeError(f"stage {self.handler.name} produced events but has no output topic")
+        output_topic = self.output_topic_of[handler.name]
+        if output_topic is None:
+            raise RuntimeError(f"stage {handler.name} produced events but has no output topic")
         records = []
         for event in outputs:
             if not isinstance(event, Event):
-                # Another schema family (see `_decode`): the output names its own record.
+                # Another schema family (see `_decode_for`): the output names its own record.
                 records.append(event.kafka_record(self.namer))
                 continue
-            records.append((self.namer.topic(event.tenant_id, self.output_topic), event.payment_id.encode(),
+            records.append((self.namer.topic(event.tenant_id, output_topic), event.payment_id.encode(),
                             self.codec.encode(event), event_headers(event, self.codec.writer.version)))
         return records
 
@@ -836,7 +900,8 @@ class StageRunner:
                 for consumer in self.consumers_by_role().values():
                     consumer.close()
             finally:
-                self.handler.close()
+                for handler in self.handlers:
+                    handler.close()
         log.info("stage %s stopped: consumed=%d handled=%d produced=%d retried=%d dead_lettered=%d",
-                 self.handler.name, self.stats.consumed, self.stats.handled, self.stats.produced,
-                 self.stats.retried, self.stats.dead_lettered, extra={"stage": self.handler.name})
+                 self.name, self.stats.consumed, self.stats.handled, self.stats.produced,
+                 self.stats.retried, self.stats.dead_lettered, extra={"stage": self.name})

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -198,6 +198,34 @@ class Settings(BaseSettings):
     intake: IntakeSettings = IntakeSettings()
     clearing: ClearingSettings = ClearingSettings()
     storage: StorageSettings = StorageSettings()
+    # `payorch up`'s processes: each entry is the stages one process hosts, with one
+    # consumer, one producer and one transaction per commit interval for all of them
+    # (see docs/ARCHITECTURE.md, "Stage processes"). Every stage appears exactly once.
+    # Sanctions and fraud sit in different processes so they screen concurrently, in
+    # their own consumer groups, as do execution and the ledger. A container runs one
+    # stage (`payorch run STAGE`) whatever this says.
+    stage_processes: tuple[tuple[str, ...], ...] = (
+        ("initiation", "sanctions"),
+        ("fraud", "routing"),
+        ("execution", "settlement"),
+        ("ledger",),
+        ("tracking",),
+    )
+
+    @field_validator("stage_processes")
+    @classmethod
+    def _every_stage_once(cls, plan: tuple[tuple[str, ...], ...]) -> tuple[tuple[str, ...], ...]:
+        from orchestrator.bootstrap import STAGE_NAMES, in_flow_order
+
+        named = [stage for process in plan for stage in process]
+        missing = [stage for stage in STAGE_NAMES if stage not in named]
+        if missing:
+            raise ValueError(f"stage_processes leaves out {', '.join(missing)}")
+        if any(not process for process in plan):
+            raise ValueError("stage_processes has an empty process")
+        if len(set(named)) != len(named):
+            raise ValueError("stage_processes names a stage twice")
+        return tuple(tuple(in_flow_order(list(process))) for process in plan)
 
     def tenant_filter(self) -> set[str] | None:
         names = {name.strip() for name in self.tenants.split(",") if name.strip()}

@@ -1,8 +1,9 @@
-"""`payorch up`: the whole product on one machine, each stage its own OS process.
+"""`payorch up`: the whole product on one machine, in a handful of OS processes.
 
 The supervisor starts a local Kafka broker when none is configured, creates the topics,
-starts the clearing simulator, every stage and the intake as child processes (the same
-`payorch run STAGE` command a container runs), restarts a child that dies (with a
+starts the clearing simulator, the stages and the intake as child processes (the same
+`payorch run STAGE...` command a container runs, with the stages grouped into processes
+as `Settings.stage_processes` says), restarts a child that dies (with a
 growing delay, so a crash loop cannot spin the CPU), and on Ctrl-C or SIGTERM stops the
 intake first, then the stages, then the broker.
 """
@@ -21,9 +22,10 @@ from pathlib import Path
 
 import httpx
 
-from orchestrator.bootstrap import STAGE_NAMES, load_configured_tenants
+from orchestrator.bootstrap import load_configured_tenants
 from orchestrator.intake.credentials import ensure_local_keys
 from orchestrator.kafka_clients import create_topics
+from orchestrator.runtime import process_name
 from orchestrator.settings import REPO_ROOT, Settings
 
 log = logging.getLogger("payorch.supervisor")
@@ -101,7 +103,9 @@ class Supervisor:
         # a slow rail does not hold up another, and one process idles for nine.
         port = str(self.settings.clearing.simulator_port)
         self.children = [Child("clearing-sim", [*cli, "clearing-sim", "--port", port], self.log_dir / "clearing-sim.log")]
-        self.children += [Child(stage, [*cli, "run", stage], self.log_dir / f"{stage}.log") for stage in STAGE_NAMES]
+        for stages in self.settings.stage_processes:
+            name = process_name(stages)
+            self.children.append(Child(name, [*cli, "run", *stages], self.log_dir / f"{name}.log"))
         self.children.append(Child("intake", [*cli, "intake"], self.log_dir / "intake.log"))
 
     def _spawn(self, child: Child, env: dict[str, str]) -> None:
@@ -190,7 +194,8 @@ class Supervisor:
         self.stopping = True
         # Intake first (no new payments), then the stages drain and commit, then the broker.
         simulators = [c.name for c in self.children if c.name.startswith("clearing-sim")]
-        for group in (["intake"], list(STAGE_NAMES), simulators):
+        stage_processes = [process_name(stages) for stages in self.settings.stage_processes]
+        for group in (["intake"], stage_processes, simulators):
             members = [c for c in self.children if c.name in group and c.process and c.process.poll() is None]
             for child in members:
                 child.process.send_signal(signal.SIGTERM)

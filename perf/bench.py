@@ -263,6 +263,8 @@ def _run_info(args: argparse.Namespace, started_at: datetime) -> dict:
         stack, delivery = args.url, "as the running stack is configured"
     else:
         stack = "its own payorch up"
+        if args.stage_processes is not None:
+            stack += " with stage processes " + ",".join("+".join(stages) for stages in args.stage_processes)
         delivery = "at least once" if args.at_least_once else "exactly once (Kafka transactions)"
     return {"started_at": started_at.isoformat(timespec="seconds"), "commit": _commit(), "stack": stack,
             "delivery": delivery, "cpu_count": os.cpu_count(), "rates": args.rates,
@@ -279,7 +281,8 @@ def run(args: argparse.Namespace) -> dict:
             stack = StackInfo(url=args.url, bootstrap=args.bootstrap, run_dir=args.run_dir, keys_file=args.keys_file)
         else:
             stack = cleanup.enter_context(OwnStack(exactly_once=not args.at_least_once,
-                                                   keep_logs_in=args.out / "logs"))
+                                                   keep_logs_in=args.out / "logs",
+                                                   stage_processes=args.stage_processes))
         pids = read_pids(stack.run_dir) if stack.run_dir else {}
         sampler = cleanup.enter_context(CpuSampler(pids) if pids else nullcontext())
         bench = Bench(args, stack, loadgen, work, sampler)
@@ -315,6 +318,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=512, help="the generator's requests in flight at most")
     parser.add_argument("--at-least-once", action="store_true",
                         help="own stack with PAYORCH_RUNTIME__EXACTLY_ONCE=false (the default is exactly once)")
+    parser.add_argument("--stage-processes",
+                        help="own stack with these stage processes instead of payorch up's default plan: "
+                             "processes separated by commas, a process's stages joined by '+', e.g. "
+                             "initiation+sanctions+fraud+routing,execution+ledger+settlement,tracking")
     parser.add_argument("--url", help="benchmark a running stack at this loopback URL instead of starting one")
     parser.add_argument("--run-dir", type=Path, help="with --url: its pid files' folder, for CPU per process")
     parser.add_argument("--bootstrap", help="with --url: its Kafka bootstrap address, for the relay baseline")
@@ -349,6 +356,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.keys_file = local_keys_path(get_settings().data_dir)
     if args.url and not args.keys_file.exists():
         parser.error(f"no API keys at {args.keys_file}: give --keys-file, a JSON object of tenant -> key")
+    if args.stage_processes is not None:
+        if args.url:
+            parser.error("--stage-processes starts an own stack; a running stack keeps its own processes")
+        from orchestrator.settings import KafkaSettings, Settings
+
+        plan = [tuple(process.split("+")) for process in args.stage_processes.split(",") if process.strip()]
+        try:  # the same check payorch up makes, before anything starts
+            args.stage_processes = Settings(kafka=KafkaSettings(bootstrap_servers="127.0.0.1:1"),
+                                            stage_processes=plan).stage_processes
+        except ValueError as exc:
+            parser.error(f"--stage-processes: {exc}")
     if args.url and args.at_least_once:
         parser.error("--at-least-once starts an own stack; a running stack keeps its own mode")
     if args.out is None:

@@ -8,6 +8,7 @@ the pid files `payorch up` writes into `<work>/run/`.
 from __future__ import annotations
 
 import bisect
+import json
 import os
 import shutil
 import signal
@@ -43,8 +44,10 @@ class StackInfo:
 class OwnStack:
     """`payorch up` in a temporary folder; a context manager that always stops it."""
 
-    def __init__(self, *, exactly_once: bool, keep_logs_in: Path) -> None:
+    def __init__(self, *, exactly_once: bool, keep_logs_in: Path,
+                 stage_processes: tuple[tuple[str, ...], ...] | None = None) -> None:
         self.exactly_once = exactly_once
+        self.stage_processes = stage_processes
         self.keep_logs_in = keep_logs_in
         self.work = Path(tempfile.mkdtemp(prefix="payorch-bench-"))
         self.process: subprocess.Popen | None = None
@@ -58,6 +61,8 @@ class OwnStack:
                     "PAYORCH_CLEARING__BASE_URL": f"http://127.0.0.1:{simulator_port}",
                     "PAYORCH_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1",
                     "PAYORCH_RUNTIME__EXACTLY_ONCE": "true" if self.exactly_once else "false"})
+        if self.stage_processes is not None:
+            env["PAYORCH_STAGE_PROCESSES"] = json.dumps([list(stages) for stages in self.stage_processes])
         print(f"starting payorch up in {self.work} ...", flush=True)
         self.process = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "up"], cwd=REPO_ROOT, env=env,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

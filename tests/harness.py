@@ -1,7 +1,8 @@
 """Test harness: the real processes of the product, started the way operators start them.
 
-`System` runs the clearing simulator, every stage and the intake as separate OS
-processes (`python -m orchestrator.cli run STAGE` ...) against the session's real Kafka
+`System` runs the clearing simulator, the stages and the intake as separate OS
+processes (`python -m orchestrator.cli run STAGE...`), one stage per process as
+containers run them or grouped as `payorch up` runs them, against the session's real Kafka
 broker, each test system with its own topic names and data directory so tests cannot
 see each other's payments. Tests may SIGKILL, SIGSTOP and restart any process.
 """
@@ -22,6 +23,7 @@ import httpx
 from orchestrator.bootstrap import STAGE_NAMES
 from orchestrator.intake.credentials import bearer, ensure_local_keys, read_local_keys
 from orchestrator.samples import TENANTS
+from orchestrator.runtime import process_name
 from orchestrator.settings import REPO_ROOT, Settings
 
 PROCESS_READY_TIMEOUT_S = 60.0
@@ -60,7 +62,8 @@ def free_port_block(count: int) -> int:
 
 
 class System:
-    def __init__(self, bootstrap: str, work_dir: Path, *, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, bootstrap: str, work_dir: Path, *, extra_env: dict[str, str] | None = None,
+                 stage_processes: tuple[tuple[str, ...], ...] | None = None) -> None:
         self.run_id = uuid.uuid4().hex[:8]
         self.work_dir = work_dir
         self.data_dir = work_dir / "data"
@@ -82,6 +85,9 @@ class System:
         })
         self.env.update(extra_env or {})
         self.processes: dict[str, subprocess.Popen] = {}
+        # The stage processes by name: one per stage unless a plan groups them.
+        plan = stage_processes or tuple((stage,) for stage in STAGE_NAMES)
+        self.stage_processes = {process_name(stages): stages for stages in plan}
         self.api_keys: dict[str, str] = {}  # tenant id -> key, made by start_all
         self.base_url = f"http://127.0.0.1:{self.intake_port}"
         self.sim_url = f"http://127.0.0.1:{self.sim_port}"
@@ -101,7 +107,8 @@ class System:
                               capture_output=True, text=True, timeout=timeout_s)
 
     def start(self, name: str) -> None:
-        args = {"intake": ["intake"], "clearing-sim": ["clearing-sim"]}.get(name, ["run", name])
+        args = {"intake": ["intake"], "clearing-sim": ["clearing-sim"]}.get(
+            name, ["run", *self.stage_processes.get(name, (name,))])
         log_file = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
         self.processes[name] = subprocess.Popen(
             [sys.executable, "-m", "orchestrator.cli", *args], env=self.env, cwd=REPO_ROOT,
@@ -115,8 +122,8 @@ class System:
         ensure_local_keys(self.data_dir, list(TENANTS))
         self.api_keys = read_local_keys(self.data_dir)
         self.start("clearing-sim")
-        for stage in STAGE_NAMES:
-            self.start(stage)
+        for name in self.stage_processes:
+            self.start(name)
         self.start("intake")
         self.wait_http(f"{self.sim_url}/healthz")
         self.wait_http(f"{self.base_url}/readyz")
@@ -126,7 +133,7 @@ class System:
         """Wait until every stage has its producer and consumer (its "consuming" log line):
         a fault injected before that would hit a stage that has not started yet."""
         deadline = time.monotonic() + timeout_s
-        waiting = set(STAGE_NAMES)
+        waiting = set(self.stage_processes)
         while waiting and time.monotonic() < deadline:
             for stage in list(waiting):
                 path = self.log_dir / f"{stage}.log"

@@ -21,7 +21,9 @@ import pytest
 
 from orchestrator.intake.credentials import bearer, read_local_keys
 from orchestrator.loadgen import offer_load
-from orchestrator.settings import REPO_ROOT
+from orchestrator.bootstrap import STAGE_NAMES
+from orchestrator.runtime import process_name
+from orchestrator.settings import REPO_ROOT, Settings
 from tests.harness import free_port, free_port_block
 
 pytestmark = pytest.mark.e2e
@@ -159,14 +161,30 @@ def test_3000_payments_at_300_per_second_all_end(up):
     assert customer[0]["debits_posted_minor"] == clearing[0]["credits_posted_minor"] > 0
 
 
-def test_a_dead_stage_is_restarted_by_up(up):
-    victim = up.pid_of("settlement")
+def test_up_runs_the_stages_in_the_processes_of_its_plan(up):
+    plan = Settings(kafka={"bootstrap_servers": "127.0.0.1:1"}).stage_processes
+    assert len(plan) < len(STAGE_NAMES), "the default plan hosts some stages together"
+    for stages in plan:
+        name = process_name(stages)
+        os.kill(up.pid_of(name), 0)  # alive
+        log_path = up.work_dir / "logs" / f"{name}.log"
+        deadline = time.monotonic() + 60
+        while f"stage {name} consuming" not in log_path.read_text(errors="replace"):
+            assert time.monotonic() < deadline, f"{name} never said it was consuming; see {log_path}"
+            time.sleep(0.2)
+
+
+def test_a_dead_stage_process_is_restarted_by_up(up):
+    # The process that hosts settlement (with execution, in the default plan).
+    (host,) = [process_name(stages) for stages in Settings(kafka={"bootstrap_servers": "127.0.0.1:1"}).stage_processes
+               if "settlement" in stages]
+    victim = up.pid_of(host)
     os.kill(victim, signal.SIGKILL)
-    up.wait_for_line("settlement exited with -9", 30)
+    up.wait_for_line(f"{host} exited with -9", 30)
     deadline = time.monotonic() + 30
-    while up.pid_of("settlement") == victim and time.monotonic() < deadline:
+    while up.pid_of(host) == victim and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert up.pid_of("settlement") != victim
+    assert up.pid_of(host) != victim
     body = __import__("orchestrator.samples", fromlist=["sample_body"]).sample_body("na")
     answer = httpx.post(f"{up.base_url}/v1/payments", json=body, headers=up.auth("na"))
     assert answer.status_code == 202, (answer.status_code, answer.headers, answer.text)

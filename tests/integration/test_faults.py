@@ -20,10 +20,9 @@ import httpx
 import pytest
 from confluent_kafka import Producer
 
-from orchestrator.bootstrap import STAGE_NAMES
 from orchestrator.kafka_local import LocalKafka, ensure_kafka_jars
 from orchestrator.loadgen import LoadResult, offer_load
-from orchestrator.settings import REPO_ROOT
+from orchestrator.settings import REPO_ROOT, Settings
 from orchestrator.topics import TopicNamer
 from tests.harness import FAULT_REPORT_LINES, System
 from tests.integration.fault_support import check_after_fault, dead_lettered_payments, tenants_dir
@@ -81,27 +80,33 @@ def wait_for_first_settled(system: System, timeout_s: float = 180) -> None:
     raise AssertionError(f"no payment settled within {timeout_s}s; logs in {system.log_dir}")
 
 
-def make_system(kafka_bootstrap: str, tmp_path, **tenant_changes) -> System:
+def make_system(kafka_bootstrap: str, tmp_path, stage_processes=None, **tenant_changes) -> System:
     env = {"PAYORCH_TENANTS_DIR": str(tenants_dir(tmp_path, **tenant_changes))} if tenant_changes else {}
-    system = System(kafka_bootstrap, tmp_path, extra_env=env)
+    system = System(kafka_bootstrap, tmp_path, extra_env=env, stage_processes=stage_processes)
     system.start_all()
     return system
 
 
-def test_every_stage_sigkilled_during_load(kafka_bootstrap, tmp_path):
-    system = make_system(kafka_bootstrap, tmp_path)
+# One stage per process, as containers run them; and `payorch up`'s plan, where one
+# process hosts several stages in one transaction per commit interval.
+PLANS = {"one-stage-per-process": None, "up-plan": Settings(kafka={"bootstrap_servers": "127.0.0.1:1"}).stage_processes}
+
+
+@pytest.mark.parametrize("plan", list(PLANS))
+def test_every_stage_process_sigkilled_during_load(kafka_bootstrap, tmp_path, plan):
+    system = make_system(kafka_bootstrap, tmp_path, stage_processes=PLANS[plan])
     try:
         duration_s = 10
         thread, box = start_load(system, duration_s=duration_s)
         time.sleep(1.0)
-        for victim in STAGE_NAMES:  # each stage process dies once, mid-load, without warning
+        for victim in system.stage_processes:  # each stage process dies once, mid-load, without warning
             system.kill(victim, signal.SIGKILL)
             time.sleep(0.3)
             system.start(victim)
             time.sleep(0.7)
         result = finish_load(thread, box, system)
         offered = int(RATE_PER_S * duration_s)
-        counts = check_after_fault(system, "sigkill-each-stage", result, offered=offered)
+        counts = check_after_fault(system, f"sigkill-each-stage-process-{plan}", result, offered=offered)
         assert counts["settled"] == offered
     finally:
         system.stop()

@@ -1,7 +1,8 @@
 """The runtime's retry and dead-letter routing, without a broker.
 
-The runner is built with real (unconnected) Kafka clients; its routing methods are
-driven with stand-in messages that carry exactly what a consumed message carries.
+The runner is built with real (unconnected) Kafka clients. Stand-in messages that carry
+exactly what a consumed message carries go through `process_batch` into a checkpoint
+that records what would be produced.
 """
 
 from __future__ import annotations
@@ -12,34 +13,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from orchestrator.events import EventCodec
 from orchestrator.retries import (
     H_ATTEMPT, H_DUE_AT_MS, H_FIRST_FAILED_AT, H_LAST_ERROR_CLASS, H_ORIGIN_TOPIC, H_STAGE, RetryLater, TransientError,
     backoff_s, is_transient,
 )
-from orchestrator.runtime import DLQ_HEADER_PREFIX, StageRunner
-from orchestrator.wire import event_headers
-from orchestrator.settings import REPO_ROOT, KafkaSettings, RetrySettings, RuntimeSettings, Settings
+from orchestrator.runtime import DLQ_HEADER_PREFIX
+from orchestrator.settings import REPO_ROOT, RetrySettings
+from tests.unit.runtime_fixtures import CODEC, ORIGIN, StandInMessage, headers_of, produced, runner
 from tests.unit.stage_fixtures import received
-
-CODEC = EventCodec(REPO_ROOT / "schemas")
-ORIGIN = "emea.payments.routed.v1"
-
-
-class StandInMessage:
-    def __init__(self, event, *, topic: str = ORIGIN, offset: int = 7, extra_headers=()):
-        self._topic, self._offset = topic, offset
-        self._value = CODEC.encode(event)
-        self._headers = event_headers(event, CODEC.writer.version) + list(extra_headers)
-        self._key = event.payment_id.encode()
-
-    def topic(self): return self._topic
-    def partition(self): return 2
-    def offset(self): return self._offset
-    def key(self): return self._key
-    def value(self): return self._value
-    def headers(self): return self._headers
-    def error(self): return None
 
 
 class ScriptedStage:
@@ -57,22 +38,10 @@ class ScriptedStage:
     def close(self): pass
 
 
-def runner(stage) -> StageRunner:
-    settings = Settings(kafka=KafkaSettings(bootstrap_servers="127.0.0.1:1"),
-                        runtime=RuntimeSettings(exactly_once=False,
-                                                retry=RetrySettings(backoff_s=(1.0, 4.0), jitter=0.0)))
-    return StageRunner(stage, settings, ["emea"], CODEC)
-
-
-def headers_of(record) -> dict[str, str]:
-    return {k: v.decode() for k, v in record[3]}
-
-
 def route(stage, message):
-    run = runner(stage)
-    poison, retry_due = [], []
-    outputs = run._decide([CODEC.decode(message.value())], [message], poison, retry_due)
-    return outputs, run._retry_records(retry_due, poison), poison
+    """(output events, retry records, dead-letter records) of a one-message batch."""
+    outputs, retry, dead = produced(runner(stage), message)
+    return [CODEC.decode(record[2]) for record in outputs], retry, dead
 
 
 def test_runner_subscribes_to_the_retry_levels_of_its_inputs_with_a_consumer_of_their_own():
@@ -86,8 +55,8 @@ def test_a_transient_exception_goes_to_retry_level_1_with_its_headers_and_origin
     def locked(events):
         raise sqlite3.OperationalError("database is locked")
     message = StandInMessage(received())
-    outputs, records, poison = route(ScriptedStage(locked), message)
-    assert outputs == [] and poison == []
+    outputs, records, dead = route(ScriptedStage(locked), message)
+    assert outputs == [] and dead == []
     (record,) = records
     topic, key, value, _ = record
     headers = headers_of(record)
@@ -118,11 +87,8 @@ def test_past_the_last_level_a_transient_fault_is_dead_lettered_with_its_attempt
         raise TransientError("still down")
     message = StandInMessage(received(), topic=ORIGIN + ".retry.2", extra_headers=[
         (H_ATTEMPT, b"2"), (H_ORIGIN_TOPIC, ORIGIN.encode()), (H_STAGE, b"execution")])
-    run = runner(ScriptedStage(busy))
-    poison, retry_due = [], []
-    run._decide([CODEC.decode(message.value())], [message], poison, retry_due)
-    assert run._retry_records(retry_due, poison) == []
-    (dead,) = run._dead_letter_records(poison)
+    _, retry, (dead,) = route(ScriptedStage(busy), message)
+    assert retry == []
     headers = headers_of(dead)
     assert dead[0] == ORIGIN + ".dlq", "dead letters belong to the origin topic, not the retry topic"
     assert headers[DLQ_HEADER_PREFIX + "attempts"] == "3"
@@ -133,8 +99,10 @@ def test_past_the_last_level_a_transient_fault_is_dead_lettered_with_its_attempt
 def test_a_bug_is_dead_lettered_at_once_never_retried():
     def bug(events):
         raise KeyError("rail")
-    outputs, records, poison = route(ScriptedStage(bug), StandInMessage(received()))
-    assert records == [] and len(poison) == 1 and isinstance(poison[0][1], KeyError)
+    outputs, records, (dead,) = route(ScriptedStage(bug), StandInMessage(received()))
+    assert outputs == [] and records == []
+    assert headers_of(dead)[DLQ_HEADER_PREFIX + "error_class"] == "KeyError"
+    assert headers_of(dead)[DLQ_HEADER_PREFIX + "stage"] == "execution"
 
 
 def test_a_stage_deferral_waits_until_its_time_and_other_outputs_still_go_out():
@@ -144,8 +112,8 @@ def test_a_stage_deferral_waits_until_its_time_and_other_outputs_still_go_out():
 
     def defer(events):
         return [marker, RetryLater(events[0], "rail_circuit_open", "breaker open", not_before=when)]
-    outputs, (record,), poison = route(ScriptedStage(defer), StandInMessage(event))
-    assert outputs == [marker] and poison == []
+    outputs, (record,), dead = route(ScriptedStage(defer), StandInMessage(event))
+    assert [event.event_id for event in outputs] == [marker.event_id] and dead == []
     due_s = int(headers_of(record)[H_DUE_AT_MS]) / 1000
     assert when.timestamp() - 0.001 <= due_s <= when.timestamp() + 0.5  # due times are whole ms
 
@@ -154,9 +122,9 @@ def test_stage_deferrals_are_bounded_by_the_stage_not_by_the_levels():
     event = received()
     message = StandInMessage(event, topic=ORIGIN + ".retry.2", extra_headers=[
         (H_ATTEMPT, b"9"), (H_ORIGIN_TOPIC, ORIGIN.encode()), (H_STAGE, b"execution")])
-    _, (record,), poison = route(ScriptedStage(
+    _, (record,), dead = route(ScriptedStage(
         lambda events: [RetryLater(events[0], "rail_circuit_open", "open", not_before=datetime.now(UTC))]), message)
-    assert poison == [] and record[0] == ORIGIN + ".retry.2"
+    assert dead == [] and record[0] == ORIGIN + ".retry.2"
 
 
 @pytest.mark.parametrize("exc, transient", [
