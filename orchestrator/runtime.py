@@ -1,8 +1,9 @@
 """The stage runtime: everything between Kafka and a stage's decision function.
 
-One loop per stage process: consume a batch, drop event types the stage does not
-handle (by header, before decoding), decode, hand the batch to the stage, and produce
-its outputs with the idempotent producer into the open checkpoint. A checkpoint (one
+One loop per stage process, for the one or more stages it hosts: consume a batch, hand
+each message to the hosted stages that read its topic and event type (by header, before
+decoding), decode it once, hand each stage its part of the batch, and produce their
+outputs with the idempotent producer into the open checkpoint. A checkpoint (one
 Kafka transaction, or in at-least-once mode one wait for every acknowledgement before
 the offsets are stored) covers the batches of one commit interval. A crash anywhere
 in between redelivers those batches; stages are idempotent and derive output event ids

@@ -202,13 +202,14 @@ class Settings(BaseSettings):
     # consumer, one producer and one transaction per commit interval for all of them
     # (see docs/ARCHITECTURE.md, "Stage processes"). Every stage appears exactly once.
     # Sanctions and fraud sit in different processes so they screen concurrently, in
-    # their own consumer groups, as do execution and the ledger. A container runs one
-    # stage (`payorch run STAGE`) whatever this says.
+    # their own consumer groups, as do execution and the ledger; execution, which waits
+    # on the clearing system within its loop, holds up no other stage; and the stages'
+    # CPU is spread so that no process needs a whole core before the machine is full.
+    # A container runs one stage (`payorch run STAGE`) whatever this says.
     stage_processes: tuple[tuple[str, ...], ...] = (
-        ("initiation", "sanctions"),
-        ("fraud", "routing"),
-        ("execution", "settlement"),
-        ("ledger",),
+        ("initiation", "sanctions", "routing"),
+        ("fraud", "ledger", "settlement"),
+        ("execution",),
         ("tracking",),
     )
 
