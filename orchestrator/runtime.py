@@ -10,6 +10,17 @@ in between redelivers those batches; stages are idempotent and derive output eve
 from their causes, so the redelivery re-emits events with the same ids, which consumers
 drop as duplicates.
 
+Hand-over: a hosted stage's output events that another stage of the same process reads
+are handed to that stage in the same batch (decoded from the bytes that are produced,
+so it sees exactly what a consumer would), and its outputs in turn, until nothing is
+left to hand on. Every event is still written to its topic, in the same checkpoint,
+with a `payorch.handled_by` header naming the stages that took it here; those stages
+skip it when the process reads the topic back, everyone else (tracking, a process of
+another plan, a replayed dead letter for a stage not named) reads it as before. A
+payment thus pays one commit and one fetch per process on its path, not one per stage.
+A stage that fails or defers an event handed to it is left out of the header, so it
+meets the event again from Kafka, where the retry and dead-letter paths below apply.
+
 Failures take one of four paths:
 - a business outcome (rejection, hold) is an ordinary output event of the stage;
 - a transient fault (a `RetryLater` answer or an exception `is_transient` recognises)
@@ -46,7 +57,8 @@ from orchestrator import retries
 from orchestrator.retries import RetryLater
 from orchestrator.settings import Settings
 from orchestrator.topics import DLQ_SUFFIX, OUTPUT_TOPIC_OF_STAGE, TopicNamer
-from orchestrator.wire import HEADER_CORRELATION_ID, HEADER_EVENT_TYPE, HEADER_TENANT_ID, event_headers
+from orchestrator.wire import (HEADER_CORRELATION_ID, HEADER_EVENT_TYPE, HEADER_HANDLED_BY, HEADER_TENANT_ID,
+                               event_headers)
 
 log = logging.getLogger("payorch.runtime")
 
@@ -58,6 +70,10 @@ TXN_COMMIT_ATTEMPTS_MAX = 3
 STATS_REPORT_INTERVAL_S = 10.0
 # Error messages in DLQ headers are cut so a huge exception text cannot bloat a record.
 _DLQ_ERROR_MESSAGE_MAX_CHARS = 2_000
+# Rounds of hand-over within one batch. The flow needs four (ledger -> execution ->
+# ledger/settlement is the longest chain inside one process); the bound only stops a
+# plan with a loop from spinning: what is left is read back from Kafka instead.
+HAND_OVER_ROUNDS_MAX = 8
 
 
 class StageHandler(Protocol):
@@ -165,6 +181,39 @@ class HangWatchdog:
                 os._exit(HUNG_CLIENT_EXIT_STATUS)
 
 
+class HandedOver:
+    """An event one hosted stage handed to another in this batch, as the message a
+    consumer of its topic would read: its retry and dead-letter records are made from it
+    like any other. It has no partition or offset yet (the record is produced in the
+    same checkpoint), so they read -1."""
+
+    __slots__ = ("_topic", "_key", "_value", "_headers")
+
+    def __init__(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        self._topic, self._key, self._value, self._headers = topic, key, value, headers
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return -1
+
+    def offset(self) -> int:
+        return -1
+
+    def key(self) -> bytes:
+        return self._key
+
+    def value(self) -> bytes:
+        return self._value
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return self._headers
+
+    def error(self) -> None:
+        return None
+
+
 class FatalClientError(RuntimeError):
     """A Kafka client reported a fatal error: only a new process (new clients) recovers."""
 
@@ -187,6 +236,10 @@ def _header(headers: Sequence[tuple[str, bytes | None]], name: str) -> str | Non
         if key == name and value is not None:
             return value.decode("utf-8", "replace")
     return None
+
+
+def _without_handled_by(headers: Sequence[tuple[str, bytes | None]] | None) -> list[tuple[str, bytes | None]]:
+    return [(key, value) for key, value in headers or () if key != HEADER_HANDLED_BY]
 
 
 class AckTracker:
@@ -465,6 +518,12 @@ class StageRunner:
         self._readers: dict[str, tuple[StageHandler, ...]] = {
             self.namer.topic(t, s): tuple(h for h in self.handlers if s in h.input_topics)
             for t in self.tenants for s in stage_topics}
+        # Stage topic -> the hosted stages an output on it is handed to in the batch. A
+        # stage that decodes its own messages (tracking: two schema families, bodies
+        # mostly left as bytes) always reads from Kafka.
+        self._handed_to: dict[str, tuple[StageHandler, ...]] = {
+            topic: tuple(h for h in self.handlers if topic in h.input_topics and not hasattr(h, "decode_message"))
+            for topic in set(self.output_topic_of.values()) - {None}}
         # Retry topics are nearly always empty. Their own consumer (own group) long-polls
         # them, so the main consumer's fetches carry only the input partitions: librdkafka
         # has no incremental fetch sessions, and every fetch lists every partition.
@@ -691,6 +750,11 @@ class StageRunner:
                 readers: tuple[StageHandler, ...] = (retrying,)
             else:
                 readers = self._readers.get(message.topic(), ())
+                handled_by = _header(headers, HEADER_HANDLED_BY)
+                if handled_by is not None:
+                    # Taken by these stages in the process (and transaction) that wrote it.
+                    taken = handled_by.split(",")
+                    readers = tuple(h for h in readers if h.name not in taken)
             self.stats.consumed += 1
             event_type = _header(headers, HEADER_EVENT_TYPE)
             readers = tuple(h for h in readers if h.input_event_types is None or event_type in h.input_event_types)
@@ -700,15 +764,11 @@ class StageRunner:
             self._decode_for(message, readers, work, poison)
 
         retry_due: list[tuple[Message, str, str, datetime | None, str]] = []
-        outputs_of: list[tuple[StageHandler, list[Event]]] = []
-        for handler in self.handlers:
-            events, sources = work[handler.name]
-            if events:
-                outputs_of.append((handler, self._decide(handler, events, sources, poison, retry_due)))
+        outputs_of, taken_by, handled = self._decide_and_hand_over(work, poison, retry_due)
         retry_records = self._retry_records(retry_due, poison)
         records = self._dead_letter_records(poison) + retry_records
         for handler, outputs in outputs_of:
-            records += self._output_records(handler, outputs)
+            records += self._output_records(handler, outputs, taken_by)
         checkpoint.add_records(records)
         checkpoint.add_offsets(self._next_offsets(messages, held))
         if own_checkpoint and not checkpoint.commit():
@@ -716,11 +776,73 @@ class StageRunner:
         self.stats.dead_lettered += len(poison)
         self.stats.retried += len(retry_records)
         self.stats.produced += sum(len(outputs) for _, outputs in outputs_of)
-        self.stats.handled += sum(len(events) for events, _ in work.values())
+        self.stats.handled += handled
         self.stats.batches += 1
         self.stats.last_batch_ms = (time.perf_counter() - started) * 1000
         self.stats.batch_ms_sum += self.stats.last_batch_ms
         self.stats.batch_ms_max = max(self.stats.batch_ms_max, self.stats.last_batch_ms)
+
+    def _decide_and_hand_over(self, work: dict[str, tuple[list[Event], list]], poison: list, retry_due: list
+                              ) -> tuple[list[tuple[StageHandler, list[Event]]], dict[str, list[str]], int]:
+        """Every hosted stage's outputs for the batch, handing outputs on to the hosted
+        stages that read them (see "Hand-over" above), round by round in flow order.
+
+        Returns the outputs per stage, the stages that took each output event (by event
+        id, for its `handled_by` header) and how many events the stages handled. A stage
+        that fails on or defers a handed event fills `poison` or `retry_due` as for a
+        consumed one: its dead letter or retry is produced in the same checkpoint.
+        """
+        outputs_of: list[tuple[StageHandler, list[Event]]] = []
+        taken_by: dict[str, list[str]] = {}
+        handled = 0
+        inbox = work
+        for _ in range(HAND_OVER_ROUNDS_MAX):
+            round_outputs = []
+            for handler in self.handlers:
+                events, sources = inbox[handler.name]
+                if events:
+                    handled += len(events)
+                    round_outputs.append((handler, self._decide(handler, events, sources, poison, retry_due)))
+            outputs_of += round_outputs
+            inbox = self._hand_over(round_outputs, taken_by)
+            if inbox is None:
+                break
+        else:
+            # A loop in the plan: what is still to hand over is left to be read back from Kafka.
+            for name, (events, _) in inbox.items():
+                for event in events:
+                    taken_by[event.event_id].remove(name)
+        return outputs_of, taken_by, handled
+
+    def _hand_over(self, round_outputs: list[tuple[StageHandler, list[Event]]], taken_by: dict[str, list[str]]
+                   ) -> dict[str, tuple[list[Event], list]] | None:
+        """The next round's inbox: each output event for the hosted stages that read it
+        (None when there is none). Each stage gets the event decoded from its wire bytes,
+        the same event a consumer of the topic would see."""
+        inbox: dict[str, tuple[list[Event], list]] | None = None
+        for handler, outputs in round_outputs:
+            output_topic = self.output_topic_of[handler.name]
+            readers = self._handed_to.get(output_topic or "", ())
+            if not readers:
+                continue
+            for event in outputs:
+                if not isinstance(event, Event):
+                    continue  # another schema family, read only by stages that decode their own
+                takers = [h for h in readers if h.input_event_types is None or event.event_type in h.input_event_types]
+                if not takers:
+                    continue
+                value = self.codec.encode(event)
+                source = HandedOver(self.namer.topic(event.tenant_id, output_topic), event.payment_id.encode(), value,
+                                    event_headers(event, self.codec.writer.version))
+                handed = self.codec.decode(value)
+                taken_by[event.event_id] = [h.name for h in takers]
+                if inbox is None:
+                    inbox = {h.name: ([], []) for h in self.handlers}
+                for taker in takers:
+                    events, sources = inbox[taker.name]
+                    events.append(handed)
+                    sources.append(source)
+        return inbox
 
     def _decode_for(self, message: Message, readers: Sequence[StageHandler],
                     work: dict[str, tuple[list[Event], list[Message]]], poison: list) -> None:
@@ -814,7 +936,7 @@ class StageRunner:
                 delay_s = max(0.0, (not_before - now).total_seconds()) + self._rng.uniform(0, settings.jitter)
             origin = header_value(message, retries.H_ORIGIN_TOPIC) or message.topic()
             headers = retries.retry_headers(
-                list(message.headers() or []), stage=stage, origin_topic=origin, attempt=attempt,
+                _without_handled_by(message.headers()), stage=stage, origin_topic=origin, attempt=attempt,
                 first_failed_at=header_value(message, retries.H_FIRST_FAILED_AT) or now.isoformat(),
                 error_class=error_class, error=detail, due_at_ms=int((now.timestamp() + delay_s) * 1000))
             records.append((retries.retry_topic(origin, retries.level_of(attempt, settings)), message.key(),
@@ -830,7 +952,9 @@ class StageRunner:
         failed_at = datetime.now(UTC).isoformat()
         records = []
         for message, exc, stage in poison:
-            headers = list(message.headers() or [])
+            # Without `handled_by`: a replay goes to every stage that reads the topic, as
+            # the original did (they drop what they already decided).
+            headers = _without_handled_by(message.headers())
             # An event that failed in a retry topic belongs to the topic it first came from.
             origin = header_value(message, retries.H_ORIGIN_TOPIC) or message.topic()
             attempts = int(header_value(message, retries.H_ATTEMPT) or 0) + 1
@@ -854,7 +978,8 @@ class StageRunner:
             records.append((origin + DLQ_SUFFIX, message.key(), message.value(), headers))
         return records
 
-    def _output_records(self, handler: StageHandler, outputs: list[Event]) -> list[tuple]:
+    def _output_records(self, handler: StageHandler, outputs: list[Event],
+                        taken_by: dict[str, list[str]] | None = None) -> list[tuple]:
         if not outputs:
             return []
         output_topic = self.output_topic_of[handler.name]
@@ -866,8 +991,12 @@ class StageRunner:
                 # Another schema family (see `_decode_for`): the output names its own record.
                 records.append(event.kafka_record(self.namer))
                 continue
+            headers = event_headers(event, self.codec.writer.version)
+            takers = taken_by.get(event.event_id) if taken_by else None
+            if takers:
+                headers.append((HEADER_HANDLED_BY, ",".join(takers).encode()))
             records.append((self.namer.topic(event.tenant_id, output_topic), event.payment_id.encode(),
-                            self.codec.encode(event), event_headers(event, self.codec.writer.version)))
+                            self.codec.encode(event), headers))
         return records
 
     def rewind(self) -> None:

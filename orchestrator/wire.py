@@ -19,6 +19,12 @@ HEADER_CAUSATION_ID = "causation_id"
 HEADER_OCCURRED_AT = "occurred_at"
 HEADER_STAGE = "stage"
 HEADER_REGION = "region"
+# The hosted stages that already took this event from the stage that wrote it, inside the
+# process and transaction that wrote it (comma-separated stage names; see
+# orchestrator/runtime.py, "Hand-over"). Those stages skip it when they read the topic;
+# every other reader (tracking, another plan's process, a replay for a stage that failed
+# on it) reads it as usual.
+HEADER_HANDLED_BY = "payorch.handled_by"
 
 
 def event_headers(event: Event, schema_version: int) -> list[tuple[str, bytes]]:

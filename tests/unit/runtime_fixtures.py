@@ -28,6 +28,16 @@ class StandInMessage:
     def error(self): return None
 
 
+class RecordMessage(StandInMessage):
+    """A record a process produced, as a consumer of its topic would read it back."""
+
+    def __init__(self, record: tuple, *, offset: int = 11, headers: list | None = None):
+        self._topic, self._key, self._value, self._headers = record
+        self._offset = offset
+        if headers is not None:
+            self._headers = headers
+
+
 def runner(*stages) -> StageRunner:
     settings = Settings(kafka=KafkaSettings(bootstrap_servers="127.0.0.1:1"),
                         runtime=RuntimeSettings(exactly_once=False,
