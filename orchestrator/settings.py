@@ -199,17 +199,19 @@ class Settings(BaseSettings):
     clearing: ClearingSettings = ClearingSettings()
     storage: StorageSettings = StorageSettings()
     # `payorch up`'s processes: each entry is the stages one process hosts, with one
-    # consumer, one producer and one transaction per commit interval for all of them
-    # (see docs/ARCHITECTURE.md, "Stage processes"). Every stage appears exactly once.
+    # consumer, one producer and one transaction per commit interval for all of them,
+    # and outputs handed straight to the hosted stages that read them (see
+    # docs/ARCHITECTURE.md, "Stage processes"). Every stage appears exactly once.
     # Sanctions and fraud sit in different processes so they screen concurrently, in
-    # their own consumer groups, as do execution and the ledger; execution, which waits
-    # on the clearing system within its loop, holds up no other stage; and the stages'
-    # CPU is spread so that no process needs a whole core before the machine is full.
-    # A container runs one stage (`payorch run STAGE`) whatever this says.
+    # their own consumer groups, as do execution and the ledger's reservation. Within
+    # that, stages that follow each other share a process so their hops are handed over:
+    # routing's decision reaches the ledger, and execution's result settlement, without
+    # a commit and a fetch in between. A container runs one stage (`payorch run STAGE`)
+    # whatever this says.
     stage_processes: tuple[tuple[str, ...], ...] = (
-        ("initiation", "sanctions", "routing"),
-        ("fraud", "ledger", "settlement"),
-        ("execution",),
+        ("initiation", "sanctions", "routing", "ledger"),
+        ("fraud",),
+        ("execution", "settlement"),
         ("tracking",),
     )
 

@@ -175,7 +175,7 @@ def test_up_runs_the_stages_in_the_processes_of_its_plan(up):
 
 
 def test_a_dead_stage_process_is_restarted_by_up(up):
-    # The process that hosts settlement (with fraud and the ledger, in the default plan).
+    # The process that hosts settlement (with execution, in the default plan).
     (host,) = [process_name(stages) for stages in Settings(kafka={"bootstrap_servers": "127.0.0.1:1"}).stage_processes
                if "settlement" in stages]
     victim = up.pid_of(host)

@@ -136,6 +136,10 @@ def test_up_plans_every_stage_exactly_once_and_keeps_parallel_stages_apart():
     home = {stage: index for index, process in enumerate(plan) for stage in process}
     assert home["sanctions"] != home["fraud"], "the screenings run concurrently, in their own groups"
     assert home["execution"] != home["ledger"], "the reservation runs concurrently with execution"
+    # Hand-over shortens a payment's path to settled: the stages that follow each other
+    # without a concurrency rule between them share a process.
+    assert home["routing"] == home["ledger"], "routing's decision reserves the funds in its own checkpoint"
+    assert home["execution"] == home["settlement"], "execution's result is settled in its own checkpoint"
 
 
 @pytest.mark.parametrize("plan, message", [
