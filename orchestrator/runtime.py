@@ -70,12 +70,6 @@ TXN_COMMIT_ATTEMPTS_MAX = 3
 STATS_REPORT_INTERVAL_S = 10.0
 # Error messages in DLQ headers are cut so a huge exception text cannot bloat a record.
 _DLQ_ERROR_MESSAGE_MAX_CHARS = 2_000
-# A transactional checkpoint that holds only offsets (messages skipped, or handled without
-# outputs: mostly the process reading back the records it handed over) is not worth a
-# transaction of its own. Nobody downstream waits for it, and re-reading those messages
-# after a crash changes nothing. Its offsets ride with the next checkpoint that produces
-# records, or are committed on their own once they have waited this long.
-OFFSETS_ONLY_COMMIT_DELAY_S = 1.0
 # Rounds of hand-over within one batch. The flow needs four (ledger -> execution ->
 # ledger/settlement is the longest chain inside one process); the bound only stops a
 # plan with a loop from spinning: what is left is read back from Kafka instead.
@@ -334,14 +328,6 @@ class Checkpoint(ABC):
             key = (partition.topic, partition.partition)
             self.offsets[role][key] = max(self.offsets[role].get(key, 0), partition.offset)
 
-    def take_over(self, carried: dict[str, dict[tuple[str, int], int]]) -> None:
-        """Add offsets an earlier checkpoint left to this one (see
-        OFFSETS_ONLY_COMMIT_DELAY_S); they do not start its commit interval."""
-        for role, offsets in carried.items():
-            mine = self.offsets[role]
-            for key, offset in offsets.items():
-                mine[key] = max(mine.get(key, 0), offset)
-
     def offsets_of(self, role: str) -> list[TopicPartition]:
         return [TopicPartition(t, p, o) for (t, p), o in self.offsets[role].items()]
 
@@ -557,10 +543,6 @@ class StageRunner:
         # Retry partitions paused until their head event is due: (topic, partition) -> monotonic time.
         self._paused: dict[tuple[str, int], float] = {}
         self._rng = random.Random()
-        # Offsets of offsets-only checkpoints not committed yet, per consumer role, and
-        # since when (see OFFSETS_ONLY_COMMIT_DELAY_S).
-        self._carried: dict[str, dict[tuple[str, int], int]] | None = None
-        self._carried_since: float | None = None
 
     def consumers_by_role(self) -> dict[str, Consumer]:
         consumers = {"main": self.consumer}
@@ -609,10 +591,6 @@ class StageRunner:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for partition in partitions:
             self._paused.pop((partition.topic, partition.partition), None)
-            # The new owner reads these again (and skips them again): an offset of a
-            # partition this member lost must not go into a later transaction.
-            for offsets in (self._carried or {}).values():
-                offsets.pop((partition.topic, partition.partition), None)
 
     def _hold_until_due(self, message: Message, due_at_ms: int) -> None:
         """Park a retry partition at its head event until that event is due."""
@@ -652,12 +630,6 @@ class StageRunner:
                 if time.monotonic() >= next_report:
                     self._report()
                     next_report = time.monotonic() + STATS_REPORT_INTERVAL_S
-            if self._carried is not None:
-                # A clean stop commits what it carries, so a restart does not re-read it.
-                checkpoint = self.new_checkpoint()
-                checkpoint.take_over(self._carried)
-                self._carried = self._carried_since = None
-                checkpoint.commit()
         finally:
             self.close()
 
@@ -694,8 +666,6 @@ class StageRunner:
         runtime = self.settings.runtime
         interval_s = runtime.commit_interval_ms / 1000
         checkpoint = self.new_checkpoint()
-        if self._carried is not None:
-            checkpoint.take_over(self._carried)
         messages = self._poll(runtime.poll_timeout_ms / 1000)
         while messages:
             self.process_batch(messages, checkpoint)
@@ -705,15 +675,6 @@ class StageRunner:
             messages = self._poll(remaining_s)
         if checkpoint.empty:
             return
-        if self.transactional and checkpoint.record_count == 0:
-            now = time.monotonic()
-            if self._carried_since is None:
-                self._carried_since = now
-            if now - self._carried_since < OFFSETS_ONLY_COMMIT_DELAY_S:
-                self._carried = checkpoint.offsets
-                return
-        # Committed or aborted (and rewound), what was carried is settled either way.
-        self._carried = self._carried_since = None
         if checkpoint.commit():
             self.stats.commits += 1
 
