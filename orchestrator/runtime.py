@@ -18,8 +18,8 @@ with a `payorch.handled_by` header naming the stages that took it here; those st
 skip it when the process reads the topic back, everyone else (tracking, a process of
 another plan, a replayed dead letter for a stage not named) reads it as before. A
 payment thus pays one commit and one fetch per process on its path, not one per stage.
-A stage that fails or defers an event handed to it is left out of the header, so it
-meets the event again from Kafka, where the retry and dead-letter paths below apply.
+A stage that fails on or defers an event handed to it takes the retry and dead-letter
+paths below as for a consumed message, in the same checkpoint.
 
 Failures take one of four paths:
 - a business outcome (rejection, hold) is an ordinary output event of the stage;
@@ -70,9 +70,10 @@ TXN_COMMIT_ATTEMPTS_MAX = 3
 STATS_REPORT_INTERVAL_S = 10.0
 # Error messages in DLQ headers are cut so a huge exception text cannot bloat a record.
 _DLQ_ERROR_MESSAGE_MAX_CHARS = 2_000
-# Rounds of hand-over within one batch. The flow needs four (ledger -> execution ->
-# ledger/settlement is the longest chain inside one process); the bound only stops a
-# plan with a loop from spinning: what is left is read back from Kafka instead.
+# Rounds of hand-over within one batch. The longest chain is six rounds, with every stage
+# but tracking in one process (initiation, the screenings, routing, ledger and
+# execution, execution again on the reservation, ledger and settlement); the bound only
+# stops a plan with a loop from spinning: what is left is read back from Kafka instead.
 HAND_OVER_ROUNDS_MAX = 8
 
 
@@ -811,7 +812,9 @@ class StageRunner:
             # A loop in the plan: what is still to hand over is left to be read back from Kafka.
             for name, (events, _) in inbox.items():
                 for event in events:
-                    taken_by[event.event_id].remove(name)
+                    stages = taken_by[event.event_id]
+                    if name in stages:  # an event id twice in the batch (a redelivery) is removed once
+                        stages.remove(name)
         return outputs_of, taken_by, handled
 
     def _hand_over(self, round_outputs: list[tuple[StageHandler, list[Event]]], taken_by: dict[str, list[str]]
