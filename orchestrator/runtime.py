@@ -56,6 +56,7 @@ from orchestrator.kafka_clients import make_consumer, make_producer
 from orchestrator import retries
 from orchestrator.retries import RetryLater
 from orchestrator.settings import Settings
+from orchestrator.storage import StateUnit
 from orchestrator.topics import DLQ_SUFFIX, OUTPUT_TOPIC_OF_STAGE, TopicNamer
 from orchestrator.wire import (HEADER_CORRELATION_ID, HEADER_EVENT_TYPE, HEADER_HANDLED_BY, HEADER_TENANT_ID,
                                event_headers)
@@ -310,10 +311,13 @@ class Checkpoint(ABC):
         # (topic, partition) -> next offset, per consumer role ("main" or "retry").
         self.offsets: dict[str, dict[tuple[str, int], int]] = {"main": {}, "retry": {}}
         self.opened_at: float | None = None
+        # The hosted stages' store writes of this checkpoint, made durable in `commit`
+        # before the offsets (storage.StateUnit: one fsync per store per checkpoint).
+        self.state = StateUnit()
 
     @property
     def empty(self) -> bool:
-        return self.record_count == 0 and not any(self.offsets.values())
+        return self.record_count == 0 and not any(self.offsets.values()) and not self.state.pending
 
     def open(self) -> None:
         if self.opened_at is None:
@@ -384,6 +388,9 @@ class TransactionalCheckpoint(Checkpoint):
             return True
         runner = self.runner
         timeout_s = runner.settings.runtime.produce_ack_timeout_s
+        self.state.commit()
+        if self.record_count == 0 and not any(self.offsets.values()):
+            return True
         try:
             self._begin()
             for role, consumer in runner.consumers_by_role().items():
@@ -439,6 +446,7 @@ class AtLeastOnceCheckpoint(Checkpoint):
         self.record_count += len(records)
 
     def commit(self) -> bool:
+        self.state.commit()
         if self.record_count:
             await_acks(self.runner.producer, self.tracker, self.runner.settings.runtime.produce_ack_timeout_s)
         for role, consumer in self.runner.consumers_by_role().items():
@@ -765,7 +773,8 @@ class StageRunner:
             self._decode_for(message, readers, work, poison)
 
         retry_due: list[tuple[Message, str, str, datetime | None, str]] = []
-        outputs_of, taken_by, handled = self._decide_and_hand_over(work, poison, retry_due)
+        with checkpoint.state.active():
+            outputs_of, taken_by, handled = self._decide_and_hand_over(work, poison, retry_due)
         retry_records = self._retry_records(retry_due, poison)
         records = self._dead_letter_records(poison) + retry_records
         for handler, outputs in outputs_of:

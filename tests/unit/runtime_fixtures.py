@@ -57,6 +57,7 @@ class RecordingCheckpoint(Checkpoint):
         self.record_count += len(records)
 
     def commit(self) -> bool:
+        self.state.commit()  # the hosted stages' store writes, as a real checkpoint does
         return True
 
 
@@ -68,6 +69,7 @@ def produced(run: StageRunner, *messages) -> tuple[list, list, list]:
     """(output records, retry records, dead-letter records) of one batch."""
     checkpoint = RecordingCheckpoint()
     run.process_batch(list(messages), checkpoint)
+    checkpoint.commit()
     retry = [r for r in checkpoint.records if ".retry." in r[0]]
     dead = [r for r in checkpoint.records if r[0].endswith(".dlq")]
     return [r for r in checkpoint.records if r not in retry and r not in dead], retry, dead
