@@ -14,6 +14,7 @@ is a `ClearingProtocolError`. Each item of the result is the bytes or the error.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 from collections.abc import Sequence
@@ -52,8 +53,13 @@ class ClearingBatchClient:
         if not requests:
             return []
         deadline_s = max(timeout for _, _, timeout in requests) + _CONNECT_TIMEOUT_S + 5
-        future = asyncio.run_coroutine_threadsafe(self._submit_all(requests), self._loop)
-        return future.result(timeout=deadline_s)
+        return self.submit_many_async(requests).result(timeout=deadline_s)
+
+    def submit_many_async(self, requests: Sequence[tuple[str, bytes, float]]
+                          ) -> concurrent.futures.Future[list[tuple[bytes | ClearingError, float]]]:
+        """`submit_many_timed` without waiting: a future of its result. Every call has its
+        own timeout, so the future is done by the longest of them at the latest."""
+        return asyncio.run_coroutine_threadsafe(self._submit_all(requests), self._loop)
 
     async def _submit_all(self, requests: Sequence[tuple[str, bytes, float]]) -> list[tuple[bytes | ClearingError, float]]:
         return list(await asyncio.gather(*(self._timed(url, document, timeout_s)

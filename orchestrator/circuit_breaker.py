@@ -68,6 +68,13 @@ class CircuitBreaker:
             self._probes_started += 1
         return True
 
+    def release(self) -> None:
+        """Give back the permission of a call whose outcome will never be recorded (its
+        batch was given up before the answer came), so a half-open breaker's probe is
+        not counted as out for ever."""
+        if self.state == HALF_OPEN and self._probes_started > self._probes_succeeded:
+            self._probes_started -= 1
+
     # -- telling ------------------------------------------------------------------------
     def record(self, now_s: float, *, failed: bool, duration_s: float) -> str | None:
         """Count one finished call; the new state when this call changed it."""

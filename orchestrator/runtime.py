@@ -21,6 +21,15 @@ payment thus pays one commit and one fetch per process on its path, not one per 
 A stage that fails on or defers an event handed to it takes the retry and dead-letter
 paths below as for a consumed message, in the same checkpoint.
 
+In-flight batches: a stage may answer part of a batch with a `Pending` effect
+(orchestrator/effects.py: execution's clearing calls) instead of waiting for a remote
+system. The batch then waits in a queue, with its outputs and offsets, while the loop
+goes on consuming and deciding; once its effects are done their outcomes are decided
+(and handed over) and the batch joins the open checkpoint. Batches join checkpoints in
+the order they were consumed, so offsets are committed in order and together with every
+output of their batch. A rewind or a lost assignment gives the queued batches up: their
+events come again from the committed offsets.
+
 Failures take one of four paths:
 - a business outcome (rejection, hold) is an ordinary output event of the stage;
 - a transient fault (a `RetryLater` answer or an exception `is_transient` recognises)
@@ -42,7 +51,9 @@ import signal
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import wait as wait_for_futures
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -51,6 +62,7 @@ from typing import Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from orchestrator.effects import Pending
 from orchestrator.events import Event, EventCodec, UndecodableEvent
 from orchestrator.kafka_clients import make_consumer, make_producer
 from orchestrator import retries
@@ -76,6 +88,11 @@ _DLQ_ERROR_MESSAGE_MAX_CHARS = 2_000
 # execution, execution again on the reservation, ledger and settlement); the bound only
 # stops a plan with a loop from spinning: what is left is read back from Kafka instead.
 HAND_OVER_ROUNDS_MAX = 8
+# Batches waiting for their effects at most; past this the loop waits for the oldest
+# before it consumes more.
+IN_FLIGHT_BATCHES_MAX = 64
+# How long a poll waits while batches are in flight: how soon an answered effect is seen.
+IN_FLIGHT_POLL_S = 0.002
 
 
 class StageHandler(Protocol):
@@ -214,6 +231,21 @@ class HandedOver:
 
     def error(self) -> None:
         return None
+
+
+@dataclass
+class InFlightBatch:
+    """A consumed batch waiting for its effects: what it produces and commits once done."""
+
+    records: list[tuple]
+    offsets: list[TopicPartition]
+    # Per partition, the first offset of the batch: where to read again if it is given up.
+    first_offsets: dict[tuple[str, int], int]
+    # (stage, effect, the events the stage decided with it, their sources)
+    pending: list[tuple["StageHandler", Pending, list[Event], list]]
+
+    def done(self) -> bool:
+        return all(effect.future.done() for _, effect, _, _ in self.pending)
 
 
 class FatalClientError(RuntimeError):
@@ -551,6 +583,8 @@ class StageRunner:
             self._init_transactions(settings.runtime.produce_ack_timeout_s)
         # Retry partitions paused until their head event is due: (topic, partition) -> monotonic time.
         self._paused: dict[tuple[str, int], float] = {}
+        # Consumed batches waiting for their effects, oldest first (see "In-flight batches").
+        self._in_flight: deque[InFlightBatch] = deque()
         self._rng = random.Random()
 
     def consumers_by_role(self) -> dict[str, Consumer]:
@@ -600,6 +634,9 @@ class StageRunner:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for partition in partitions:
             self._paused.pop((partition.topic, partition.partition), None)
+        # Their offsets may no longer be committed by this process: give the waiting
+        # batches up, and read what is still ours again from where they began.
+        self._abandon_in_flight(seek=True)
 
     def _hold_until_due(self, message: Message, due_at_ms: int) -> None:
         """Park a retry partition at its head event until that event is due."""
@@ -639,8 +676,19 @@ class StageRunner:
                 if time.monotonic() >= next_report:
                     self._report()
                     next_report = time.monotonic() + STATS_REPORT_INTERVAL_S
+            self._drain_in_flight(self.settings.runtime.shutdown_timeout_s)
         finally:
             self.close()
+
+    def _next_messages(self, wait_s: float, checkpoint: Checkpoint) -> list[Message]:
+        """The next batch to decide, waiting up to `wait_s`; none while the in-flight
+        queue is full (the oldest batch is waited for instead, into `checkpoint`)."""
+        if len(self._in_flight) >= IN_FLIGHT_BATCHES_MAX:
+            self.watchdog.beat()
+            self._complete_in_flight(checkpoint, wait_s=wait_s)
+            return []
+        # With batches in flight, poll briefly: an answered effect is noticed between polls.
+        return self._poll(min(wait_s, IN_FLIGHT_POLL_S) if self._in_flight else wait_s)
 
     def _poll(self, timeout_s: float) -> list[Message]:
         """The next batch: input messages (waiting up to `timeout_s`) plus any retry
@@ -675,13 +723,17 @@ class StageRunner:
         runtime = self.settings.runtime
         interval_s = runtime.commit_interval_ms / 1000
         checkpoint = self.new_checkpoint()
-        messages = self._poll(runtime.poll_timeout_ms / 1000)
-        while messages:
-            self.process_batch(messages, checkpoint)
+        self._complete_in_flight(checkpoint)
+        messages = self._next_messages(runtime.poll_timeout_ms / 1000, checkpoint)
+        # Batches whose effects are out do not open the checkpoint; they join it when done.
+        while messages or not checkpoint.empty:
+            if messages:
+                self.process_batch(messages, checkpoint)
+            self._complete_in_flight(checkpoint)
             remaining_s = interval_s - checkpoint.age_s()
             if remaining_s <= 0:
                 break
-            messages = self._poll(remaining_s)
+            messages = self._next_messages(remaining_s, checkpoint)
         if checkpoint.empty:
             return
         if checkpoint.commit():
@@ -773,26 +825,117 @@ class StageRunner:
             self._decode_for(message, readers, work, poison)
 
         retry_due: list[tuple[Message, str, str, datetime | None, str]] = []
+        pending: list[tuple[StageHandler, Pending, list[Event], list]] = []
         with checkpoint.state.active():
-            outputs_of, taken_by, handled = self._decide_and_hand_over(work, poison, retry_due)
-        retry_records = self._retry_records(retry_due, poison)
-        records = self._dead_letter_records(poison) + retry_records
-        for handler, outputs in outputs_of:
-            records += self._output_records(handler, outputs, taken_by)
-        checkpoint.add_records(records)
-        checkpoint.add_offsets(self._next_offsets(messages, held))
+            outputs_of, taken_by, handled = self._decide_and_hand_over(work, poison, retry_due, pending)
+        records = self._batch_records(outputs_of, taken_by, poison, retry_due)
+        offsets = self._next_offsets(messages, held)
+        if pending or self._in_flight:
+            # Behind a batch in flight, a batch waits too: offsets are committed in order.
+            self._in_flight.append(InFlightBatch(records, offsets, self._first_offsets(messages), pending))
+        else:
+            checkpoint.add_records(records)
+            checkpoint.add_offsets(offsets)
         if own_checkpoint and not checkpoint.commit():
             return  # aborted and rewound: the batch is consumed again
-        self.stats.dead_lettered += len(poison)
-        self.stats.retried += len(retry_records)
-        self.stats.produced += sum(len(outputs) for _, outputs in outputs_of)
         self.stats.handled += handled
         self.stats.batches += 1
         self.stats.last_batch_ms = (time.perf_counter() - started) * 1000
         self.stats.batch_ms_sum += self.stats.last_batch_ms
         self.stats.batch_ms_max = max(self.stats.batch_ms_max, self.stats.last_batch_ms)
 
-    def _decide_and_hand_over(self, work: dict[str, tuple[list[Event], list]], poison: list, retry_due: list
+    def _batch_records(self, outputs_of: list[tuple[StageHandler, list[Event]]], taken_by: dict[str, list[str]],
+                       poison: list, retry_due: list) -> list[tuple]:
+        """Every record a batch (or the finish of its effects) produces, counted in the stats."""
+        retry_records = self._retry_records(retry_due, poison)
+        records = self._dead_letter_records(poison) + retry_records
+        for handler, outputs in outputs_of:
+            records += self._output_records(handler, outputs, taken_by)
+        self.stats.dead_lettered += len(poison)
+        self.stats.retried += len(retry_records)
+        self.stats.produced += sum(len(outputs) for _, outputs in outputs_of)
+        return records
+
+    def _complete_in_flight(self, checkpoint: Checkpoint, wait_s: float = 0.0) -> None:
+        """Move the batches whose effects are done into `checkpoint`, oldest first,
+        finishing their effects: each stage decides with its effect's result, and what
+        it decides is handed over as a batch's outputs are. `wait_s` waits that long for
+        the oldest batch first."""
+        if wait_s > 0 and self._in_flight and not self._in_flight[0].done():
+            wait_for_futures([effect.future for _, effect, _, _ in self._in_flight[0].pending], timeout=wait_s)
+        while self._in_flight and self._in_flight[0].done():
+            batch = self._in_flight[0]
+            if batch.pending:
+                poison: list = []
+                retry_due: list = []
+                pending: list = []
+                with checkpoint.state.active():
+                    outputs_of, taken_by = self._finish_effects(batch.pending, poison, retry_due, pending)
+                batch.records += self._batch_records(outputs_of, taken_by, poison, retry_due)
+                batch.pending = pending
+                if pending:
+                    continue  # a finish started another effect: the batch waits again
+            self._in_flight.popleft()
+            checkpoint.add_records(batch.records)
+            checkpoint.add_offsets(batch.offsets)
+
+    def _finish_effects(self, effects: list[tuple[StageHandler, Pending, list[Event], list]], poison: list,
+                        retry_due: list, pending: list
+                        ) -> tuple[list[tuple[StageHandler, list[Event]]], dict[str, list[str]]]:
+        """The outputs of every done effect of a batch, and of the hosted stages they are handed to."""
+        round_outputs: list[tuple[StageHandler, list[Event]]] = []
+        for handler, effect, events, sources in effects:
+            try:
+                results = effect.finish(effect.future.result())
+                outputs = self._split_retries(handler, results, events, sources, retry_due, pending)
+            except Exception as exc:
+                self._failed_events(handler, events, sources, exc, poison, retry_due)
+                outputs = []
+            round_outputs.append((handler, outputs))
+        taken_by: dict[str, list[str]] = {}
+        inbox = self._hand_over(round_outputs, taken_by)
+        if inbox is None:
+            return round_outputs, taken_by
+        outputs_of, more_taken_by, handled = self._decide_and_hand_over(inbox, poison, retry_due, pending)
+        self.stats.handled += handled
+        return round_outputs + outputs_of, {**taken_by, **more_taken_by}
+
+    def _abandon_in_flight(self, *, seek: bool) -> None:
+        """Give up every batch in flight; with `seek`, read their partitions again from
+        where the first of them began (a rewind seeks to the committed offsets itself)."""
+        batches, self._in_flight = list(self._in_flight), deque()
+        if not batches:
+            return
+        first: dict[tuple[str, int], int] = {}
+        for batch in batches:
+            for _, effect, _, _ in batch.pending:
+                effect.abandon()
+            for key, offset in batch.first_offsets.items():
+                first[key] = min(first.get(key, offset), offset)
+        log.warning("gave up %d batches waiting for effects; their events are read again", len(batches),
+                    extra={"stage": self.name})
+        if not seek:
+            return
+        for (topic, partition), offset in first.items():
+            consumer = (self.retry_consumer or self.consumer) if retries.is_retry_topic(topic) else self.consumer
+            try:
+                consumer.seek(TopicPartition(topic, partition, offset))
+            except KafkaException:
+                pass  # no longer assigned here: its new owner starts from the committed offset
+
+    def _drain_in_flight(self, timeout_s: float) -> None:
+        """On stop: commit the batches whose effects answer within `timeout_s`; the rest
+        are read again by the next owner of their partitions."""
+        deadline = time.monotonic() + timeout_s
+        while self._in_flight and time.monotonic() < deadline:
+            checkpoint = self.new_checkpoint()
+            self._complete_in_flight(checkpoint, wait_s=max(0.0, deadline - time.monotonic()))
+            if not checkpoint.empty and checkpoint.commit():
+                self.stats.commits += 1
+        self._abandon_in_flight(seek=False)
+
+    def _decide_and_hand_over(self, work: dict[str, tuple[list[Event], list]], poison: list, retry_due: list,
+                              pending: list
                               ) -> tuple[list[tuple[StageHandler, list[Event]]], dict[str, list[str]], int]:
         """Every hosted stage's outputs for the batch, handing outputs on to the hosted
         stages that read them (see "Hand-over" above), round by round in flow order.
@@ -800,7 +943,8 @@ class StageRunner:
         Returns the outputs per stage, the stages that took each output event (by event
         id, for its `handled_by` header) and how many events the stages handled. A stage
         that fails on or defers a handed event fills `poison` or `retry_due` as for a
-        consumed one: its dead letter or retry is produced in the same checkpoint.
+        consumed one: its dead letter or retry is produced in the same checkpoint. Effects
+        the stages started go to `pending`.
         """
         outputs_of: list[tuple[StageHandler, list[Event]]] = []
         taken_by: dict[str, list[str]] = {}
@@ -812,7 +956,8 @@ class StageRunner:
                 events, sources = inbox[handler.name]
                 if events:
                     handled += len(events)
-                    round_outputs.append((handler, self._decide(handler, events, sources, poison, retry_due)))
+                    round_outputs.append((handler, self._decide(handler, events, sources, poison, retry_due,
+                                                                pending)))
             outputs_of += round_outputs
             inbox = self._hand_over(round_outputs, taken_by)
             if inbox is None:
@@ -886,11 +1031,12 @@ class StageRunner:
             sources.append(message)
 
     def _decide(self, handler: StageHandler, events: list[Event], sources: list[Message], poison: list,
-                retry_due: list) -> list[Event]:
-        """The stage's outputs for its events of the batch; fills `poison` and `retry_due`."""
+                retry_due: list, pending: list) -> list[Event]:
+        """The stage's outputs for its events of the batch; fills `poison`, `retry_due` and `pending`."""
         now = datetime.now(UTC)
         try:
-            return self._split_retries(handler, handler.handle_batch(events, now), events, sources, retry_due)
+            return self._split_retries(handler, handler.handle_batch(events, now), events, sources, retry_due,
+                                       pending)
         except Exception:
             log.exception("stage %s failed on a batch of %d; isolating the failing events",
                           handler.name, len(events), extra={"stage": handler.name})
@@ -899,23 +1045,30 @@ class StageRunner:
         for event, message in zip(events, sources, strict=True):
             try:
                 outputs.extend(self._split_retries(handler, handler.handle_batch([event], now), [event], [message],
-                                                   retry_due))
+                                                   retry_due, pending))
             except Exception as exc:
-                context = {**event.log_context(), "stage": handler.name, "error_class": type(exc).__name__}
-                if retries.is_transient(exc):
-                    log.warning("stage %s will retry event after a transient fault: %r", handler.name, exc,
-                                extra=context)
-                    retry_due.append((message, type(exc).__name__, str(exc), None, handler.name))
-                else:  # a failed invariant or a bug: dead-letter, loudly
-                    log.error("stage %s cannot handle event: %r", handler.name, exc, extra=context)
-                    poison.append((message, exc, handler.name))
+                self._failed_events(handler, [event], [message], exc, poison, retry_due)
         return outputs
 
     @staticmethod
+    def _failed_events(handler: StageHandler, events: list[Event], sources: list, exc: Exception, poison: list,
+                       retry_due: list) -> None:
+        """Events a stage raised on: retried after a transient fault, dead-lettered otherwise."""
+        for event, message in zip(events, sources, strict=True):
+            context = {**event.log_context(), "stage": handler.name, "error_class": type(exc).__name__}
+            if retries.is_transient(exc):
+                log.warning("stage %s will retry event after a transient fault: %r", handler.name, exc,
+                            extra=context)
+                retry_due.append((message, type(exc).__name__, str(exc), None, handler.name))
+            else:  # a failed invariant or a bug: dead-letter, loudly
+                log.error("stage %s cannot handle event: %r", handler.name, exc, extra=context)
+                poison.append((message, exc, handler.name))
+
+    @staticmethod
     def _split_retries(handler: StageHandler, results: list, events: list[Event], sources: list[Message],
-                       retry_due: list) -> list[Event]:
-        """Separate the stage's `RetryLater` answers from its output events."""
-        if not any(isinstance(r, RetryLater) for r in results):
+                       retry_due: list, pending: list) -> list[Event]:
+        """Separate the stage's `RetryLater` answers and `Pending` effects from its output events."""
+        if not any(isinstance(r, (RetryLater, Pending)) for r in results):
             return results
         source_of = {}
         for event, message in zip(events, sources, strict=True):
@@ -925,6 +1078,8 @@ class StageRunner:
             if isinstance(result, RetryLater):
                 retry_due.append((source_of[result.event.event_id], result.error_class, result.detail,
                                   result.not_before, handler.name))
+            elif isinstance(result, Pending):
+                pending.append((handler, result, events, sources))
             else:
                 outputs.append(result)
         return outputs
@@ -1013,6 +1168,7 @@ class StageRunner:
 
     def rewind(self) -> None:
         """Seek every assigned partition of both consumers back to its committed offset."""
+        self._abandon_in_flight(seek=False)
         for consumer in self.consumers_by_role().values():
             assignment = consumer.assignment()
             if not assignment:
@@ -1021,6 +1177,15 @@ class StageRunner:
                 if partition.offset < 0:
                     partition.offset = OFFSET_BEGINNING
                 consumer.seek(partition)
+
+    @staticmethod
+    def _first_offsets(messages: list[Message]) -> dict[tuple[str, int], int]:
+        first: dict[tuple[str, int], int] = {}
+        for message in messages:
+            if message.error() is None:
+                key = (message.topic(), message.partition())
+                first[key] = min(first.get(key, message.offset()), message.offset())
+        return first
 
     @staticmethod
     def _next_offsets(messages: list[Message], held: dict[tuple[str, int], int] | None = None) -> list[TopicPartition]:

@@ -21,6 +21,7 @@ import tempfile
 import time
 import uuid
 from collections import defaultdict
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,6 +30,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from adapters.iso20022.pacs002 import TransactionStatus, build_pacs002  # noqa: E402
 from orchestrator.bootstrap import build_stage  # noqa: E402
+from orchestrator.effects import resolve  # noqa: E402
 from orchestrator.events import EventCodec, received_event  # noqa: E402
 from orchestrator.intake.models import CreditTransferIn  # noqa: E402
 from orchestrator.samples import round_robin_bodies  # noqa: E402
@@ -59,6 +61,11 @@ class AcceptingClearingStandIn:
             results.append((answer, 0.001))
         self.cpu_s += time.process_time() - started
         return results
+
+    def submit_many_async(self, requests):
+        answered: Future = Future()
+        answered.set_result(self.submit_many_timed(requests))
+        return answered
 
     def close(self) -> None:
         pass
@@ -117,7 +124,7 @@ def main() -> None:
                                 value, {k: v.decode() for k, v in headers}, codec))
                         else:
                             events.append(codec.decode(value))
-                    outputs = stage.handle_batch(events, datetime.now(UTC)) if events else []
+                    outputs = resolve(stage.handle_batch(events, datetime.now(UTC))) if events else []
                     encoded = [(codec.encode(out), event_headers(out, codec.writer.version)) for out in outputs
                                if not isinstance(out, tuple) and hasattr(out, "payment")]
                     cpu[name] += time.process_time() - began

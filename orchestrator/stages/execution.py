@@ -18,6 +18,10 @@ event, both in `adapters.iso20022`); the one I/O is the clearing call, made thro
 `ClearingBatchClient` port so tests and the runtime can point it at the clearing simulator.
 A batch's payments are sent concurrently (bounded by the settings) because each call
 waits on a remote system and the batch must not be as slow as the sum of its calls.
+Nor does the stage wait for the answers: it returns them as an effect in flight
+(`orchestrator.effects.Pending`), and the runtime consumes and decides the next batches
+while the clearing system answers. A payment whose call is in flight is not sent again
+by a second copy of its events meanwhile.
 
 The message id sent to the clearing system is derived from the payment id, and the
 clearing systems (and the simulator) deduplicate on the UETR, so re-sending after a
@@ -30,6 +34,7 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 from adapters.clearing_batch import ClearingBatchClient
@@ -38,6 +43,7 @@ from adapters.iso20022 import IsoDocumentError
 from adapters.iso20022.pacs002 import ISO_REASON_DESCRIPTIONS, TransactionStatus, parse_pacs002
 from adapters.iso20022.pacs008 import build_pacs008
 from orchestrator.circuit_breaker import CircuitBreaker
+from orchestrator.effects import Pending
 from orchestrator.events import Event, EventCodec
 from orchestrator.reasons import ReasonCode
 from orchestrator.retries import RetryLater, backoff_s
@@ -151,6 +157,8 @@ class ExecutionStage(Stage):
         self.rng = rng or random.Random()
         self.store = ExecutionStore(data_dir / "execution.sqlite")
         self.breakers: dict[tuple[str, str], CircuitBreaker] = {}
+        # Payments whose clearing call is out, answered by a `Pending` not yet finished.
+        self._calling: set[str] = set()
 
     def breaker(self, tenant_id: str, rail: RailConfig, now_s: float) -> CircuitBreaker:
         key = (tenant_id, rail.name)
@@ -181,6 +189,8 @@ class ExecutionStage(Stage):
         else:
             self.store.note_reserved(event.payment_id, event.tenant_id)
         row = self.store.row(event.payment_id)
+        if event.payment_id in self._calling:
+            return []  # a copy of an event whose call is out: that call's answer decides
         if row["routed_event"] is not None and row["reserved"]:
             routed = event if event.event_type == "PaymentRouted" else self.codec.decode(row["routed_event"])
             ready[event.payment_id] = (routed, event)
@@ -214,31 +224,55 @@ class ExecutionStage(Stage):
             timeout_s = max(_MIN_CALL_TIMEOUT_S, min(rail.clearing.timeout_ms / 1000,
                                                      (deadline - now).total_seconds()))
             calls.append((routed, trigger, rail, message_id, document, timeout_s))
-        answers = self.client.submit_many_timed([
+        if not calls:
+            self._save_breakers(touched, now_s)
+            return outputs
+        future = self.client.submit_many_async([
             (self.url_for(rail.name, rail.clearing.endpoint_path), document, timeout_s)
             for _, _, rail, _, document, timeout_s in calls])
-        # The breaker's clock is the batch's `now` plus each call's own duration, so the
-        # stage's decisions depend on its inputs only (and replay exactly in tests).
-        answered_s = now_s + max((duration for _, duration in answers), default=0.0)
-        for (routed, trigger, rail, message_id, _, _), (answer, duration_s) in zip(calls, answers, strict=True):
-            result = self._interpret(routed, rail, message_id, answer)
-            breaker = self.breaker(routed.tenant_id, rail, now_s)
-            changed = breaker.record(now_s + duration_s, failed=not isinstance(result, Event), duration_s=duration_s)
-            if changed:
-                log.warning("circuit breaker of rail %s is now %s", rail.name, changed,
-                            extra={"tenant_id": routed.tenant_id, "rail": rail.name, "breaker_state": changed})
-            if isinstance(result, Event):
-                self.store.record_outcome(routed.payment_id, self.codec.encode(result))
-                outputs.append(result)
-                continue
-            code, detail = result
-            log.warning("clearing call failed, the payment waits: %s", detail, extra=routed.log_context())
-            deadline = routed.occurred_at + timedelta(seconds=rail.time_limit_s)
-            outputs += self._defer(routed, trigger, rail, code, detail, breaker.state, None, deadline, now)
-        for tenant_id, rail_name in touched:
-            snapshot = self.breakers[(tenant_id, rail_name)].snapshot(answered_s)
-            self.store.save_breaker(tenant_id, rail_name, snapshot, answered_s)
+        self._calling.update(routed.payment_id for routed, *_ in calls)
+        return [*outputs, Pending(future, finish=partial(self._answered, calls, touched, now),
+                                  abandon=partial(self._abandoned, calls, now_s))]
+
+    def _answered(self, calls: list, touched: set[tuple[str, str]], now: datetime,
+                  answers: list[tuple[bytes | Exception, float]]) -> list:
+        """The outcomes of a batch's clearing calls, once they all answered (or timed out)."""
+        now_s = now.timestamp()
+        outputs: list = []
+        with transaction(self.store.db):
+            self._calling.difference_update(routed.payment_id for routed, *_ in calls)
+            # The breaker's clock is the batch's `now` plus each call's own duration, so the
+            # stage's decisions depend on its inputs only (and replay exactly in tests).
+            answered_s = now_s + max((duration for _, duration in answers), default=0.0)
+            for (routed, trigger, rail, message_id, _, _), (answer, duration_s) in zip(calls, answers, strict=True):
+                result = self._interpret(routed, rail, message_id, answer)
+                breaker = self.breaker(routed.tenant_id, rail, now_s)
+                changed = breaker.record(now_s + duration_s, failed=not isinstance(result, Event),
+                                         duration_s=duration_s)
+                if changed:
+                    log.warning("circuit breaker of rail %s is now %s", rail.name, changed,
+                                extra={"tenant_id": routed.tenant_id, "rail": rail.name, "breaker_state": changed})
+                if isinstance(result, Event):
+                    self.store.record_outcome(routed.payment_id, self.codec.encode(result))
+                    outputs.append(result)
+                    continue
+                code, detail = result
+                log.warning("clearing call failed, the payment waits: %s", detail, extra=routed.log_context())
+                deadline = routed.occurred_at + timedelta(seconds=rail.time_limit_s)
+                outputs += self._defer(routed, trigger, rail, code, detail, breaker.state, None, deadline, now)
+            self._save_breakers(touched, answered_s)
         return outputs
+
+    def _abandoned(self, calls: list, now_s: float) -> None:
+        """The runtime gave the batch up before its answers: its events come again."""
+        for routed, _, rail, *_ in calls:
+            self._calling.discard(routed.payment_id)
+            self.breaker(routed.tenant_id, rail, now_s).release()
+
+    def _save_breakers(self, touched: set[tuple[str, str]], at_s: float) -> None:
+        for tenant_id, rail_name in touched:
+            snapshot = self.breakers[(tenant_id, rail_name)].snapshot(at_s)
+            self.store.save_breaker(tenant_id, rail_name, snapshot, at_s)
 
     def _defer(self, routed: Event, trigger: Event, rail: RailConfig, code: ReasonCode, detail: str,
                breaker_state: str, retry_at: datetime | None, deadline: datetime, now: datetime) -> list:

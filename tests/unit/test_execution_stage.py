@@ -7,12 +7,14 @@ so the stage's own decisions are what is tested.
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from datetime import timedelta
 
 import pytest
 
 from adapters.clearing_client import ClearingTimeout, ClearingUnavailable
 from adapters.iso20022.pacs002 import TransactionStatus, build_pacs002
+from orchestrator.effects import Pending, resolve
 from orchestrator.events import EventCodec
 from orchestrator.retries import RetryLater
 from orchestrator.settings import REPO_ROOT, RetrySettings
@@ -46,8 +48,18 @@ class ScriptedRail:
                 results.append((build_pacs002("M", statuses=[status], message_id="R", created_at=T0), 0.01))
         return results
 
+    def submit_many_async(self, requests):
+        answered: Future = Future()
+        answered.set_result(self.submit_many_timed(requests))
+        return answered
+
     def close(self) -> None:
         pass
+
+
+def decided(execution: ExecutionStage, events, now) -> list:
+    """The stage's outputs with its clearing calls answered, as the runtime finishes them."""
+    return resolve(execution.handle_batch(events, now))
 
 
 def stage(tmp_path, rail: ScriptedRail) -> ExecutionStage:
@@ -68,9 +80,9 @@ def test_nothing_is_sent_before_the_funds_are_reserved(tmp_path):
     rail = ScriptedRail()
     execution = stage(tmp_path, rail)
     routed, reserved = routed_and_reserved()
-    assert execution.handle_batch([routed], at(0.2)) == []
+    assert decided(execution, [routed], at(0.2)) == []
     assert rail.calls == []
-    (executed,) = execution.handle_batch([reserved], at(0.3))
+    (executed,) = decided(execution, [reserved], at(0.3))
     assert executed.event_type == "PaymentExecuted" and executed.causation_id == routed.event_id
     assert len(rail.calls) == 1
 
@@ -79,17 +91,17 @@ def test_reservation_first_then_route_also_executes_once(tmp_path):
     rail = ScriptedRail()
     execution = stage(tmp_path, rail)
     routed, reserved = routed_and_reserved()
-    assert execution.handle_batch([reserved], at(0.2)) == []
-    (first,) = execution.handle_batch([routed], at(0.3))
+    assert decided(execution, [reserved], at(0.2)) == []
+    (first,) = decided(execution, [routed], at(0.3))
     # Redelivery of either half gives back the same outcome without a second call.
-    assert execution.handle_batch([routed, reserved], at(0.4)) == [first, first]
+    assert decided(execution, [routed, reserved], at(0.4)) == [first, first]
     assert len(rail.calls) == 1
 
 
 def test_business_rejection_is_an_outcome_not_a_retry(tmp_path):
     execution = stage(tmp_path, ScriptedRail("RJCT"))
     routed, reserved = routed_and_reserved()
-    (failed,) = execution.handle_batch([routed, reserved], at(0.3))
+    (failed,) = decided(execution, [routed, reserved], at(0.3))
     assert failed.event_type == "PaymentFailed" and failed.payload["iso_reason_code"] == "AC03"
 
 
@@ -97,14 +109,14 @@ def test_a_transient_fault_defers_the_payment_with_backoff_and_a_timeline_event(
     rail = ScriptedRail("down", "ACSC")
     execution = stage(tmp_path, rail)
     routed, reserved = routed_and_reserved()
-    deferred, retry = execution.handle_batch([routed, reserved], at(0.3))
+    deferred, retry = decided(execution, [routed, reserved], at(0.3))
     assert deferred.event_type == "PaymentDeferred"
     assert deferred.payload["reason_code"] == "clearing_unavailable" and deferred.payload["attempt"] == 1
     assert deferred.payload["retry_at"] == at(1.3)
     assert deferred.payload["deadline_at"] == routed.occurred_at + timedelta(seconds=RAIL.time_limit_s)
     assert isinstance(retry, RetryLater) and retry.event == reserved and retry.not_before == at(1.3)
     # The retry topic hands the same event back: now the rail answers.
-    (executed,) = execution.handle_batch([reserved], at(1.4))
+    (executed,) = decided(execution, [reserved], at(1.4))
     assert executed.event_type == "PaymentExecuted"
 
 
@@ -112,13 +124,13 @@ def test_past_the_rail_time_limit_the_payment_fails_and_is_not_sent(tmp_path):
     rail = ScriptedRail("down")
     execution = stage(tmp_path, rail)
     routed, reserved = routed_and_reserved()
-    execution.handle_batch([routed, reserved], at(0.3))
+    decided(execution, [routed, reserved], at(0.3))
     late = routed.occurred_at + timedelta(seconds=RAIL.time_limit_s + 0.1)
-    (failed,) = execution.handle_batch([reserved], late)
+    (failed,) = decided(execution, [reserved], late)
     assert failed.event_type == "PaymentFailed"
     assert (failed.payload["reason_code"], failed.payload["iso_reason_code"]) == ("rail_time_limit_exceeded", "AB05")
     assert len(rail.calls) == 1
-    assert execution.handle_batch([reserved], late) == [failed]
+    assert decided(execution, [reserved], late) == [failed]
 
 
 def test_a_call_never_outlives_the_time_limit(tmp_path):
@@ -126,7 +138,7 @@ def test_a_call_never_outlives_the_time_limit(tmp_path):
     execution = stage(tmp_path, rail)
     routed, reserved = routed_and_reserved()
     near_end = routed.occurred_at + timedelta(seconds=RAIL.time_limit_s - 0.5)
-    execution.handle_batch([routed, reserved], near_end)
+    decided(execution, [routed, reserved], near_end)
     assert rail.calls[0][1] == pytest.approx(0.5)
 
 
@@ -136,7 +148,7 @@ def test_an_open_breaker_parks_payments_until_half_open_and_shows_in_the_store(t
     execution = stage(tmp_path, rail)
     pairs = [routed_and_reserved(i) for i in range(config.min_calls + 3)]
     batch = [e for pair in pairs[:config.min_calls] for e in pair]
-    outputs = execution.handle_batch(batch, at(0.5))
+    outputs = decided(execution, batch, at(0.5))
     assert len(rail.calls) == config.min_calls
     assert sum(isinstance(o, RetryLater) for o in outputs) == config.min_calls
     (saved,) = read_breaker_states(tmp_path / "execution.sqlite")
@@ -144,7 +156,7 @@ def test_an_open_breaker_parks_payments_until_half_open_and_shows_in_the_store(t
 
     # New payments are not sent while it is open; they wait for the half-open time.
     late_batch = [e for pair in pairs[config.min_calls:] for e in pair]
-    outputs = execution.handle_batch(late_batch, at(1.0))
+    outputs = decided(execution, late_batch, at(1.0))
     assert len(rail.calls) == config.min_calls, "no call while the breaker is open"
     deferred = [o for o in outputs if not isinstance(o, RetryLater)]
     assert {d.payload["breaker_state"] for d in deferred} == {"open"}
@@ -155,7 +167,7 @@ def test_an_open_breaker_parks_payments_until_half_open_and_shows_in_the_store(t
 
     # Half-open: only the configured probes go; when they succeed the breaker closes.
     reserved_events = [pair[1] for pair in pairs[config.min_calls:]]
-    outputs = execution.handle_batch(reserved_events, at(opened_at + config.open_s))
+    outputs = decided(execution, reserved_events, at(opened_at + config.open_s))
     executed = [o for o in outputs if not isinstance(o, RetryLater) and o.event_type == "PaymentExecuted"]
     assert len(executed) == config.half_open_probes
     assert read_breaker_states(tmp_path / "execution.sqlite")[0]["state"] == "closed"
@@ -169,4 +181,72 @@ def test_an_unknown_rail_is_a_configuration_fault(tmp_path):
     reserved = follow(routed, "FundsReserved", "ledger", {"account_id": "a", "amount_minor": 1,
                                                          "available_after_minor": 0})
     with pytest.raises(LookupError):
-        execution.handle_batch([routed, reserved], at(0.1))
+        decided(execution, [routed, reserved], at(0.1))
+
+
+class HeldRail(ScriptedRail):
+    """Answers only when the test says so, as a slow clearing system would."""
+
+    def __init__(self, *script: str) -> None:
+        super().__init__(*script)
+        self.out: list[tuple[Future, list]] = []
+
+    def submit_many_async(self, requests):
+        answered: Future = Future()
+        self.out.append((answered, list(requests)))
+        return answered
+
+    def answer_all(self) -> None:
+        for answered, requests in self.out:
+            if not answered.done():
+                answered.set_result(self.submit_many_timed(requests))
+
+
+def test_the_stage_does_not_wait_for_the_clearing_system_and_sends_a_payment_once_while_its_call_is_out(tmp_path):
+    rail = HeldRail()
+    execution = stage(tmp_path, rail)
+    routed, reserved = routed_and_reserved()
+    (pending,) = execution.handle_batch([routed, reserved], at(0.3))
+    assert isinstance(pending, Pending) and not pending.future.done()
+    # A copy of both events (a redelivery, say) while the call is out sends nothing more.
+    assert execution.handle_batch([routed, reserved], at(0.35)) == []
+    assert len(rail.out) == 1
+    rail.answer_all()
+    (executed,) = pending.finish(pending.future.result())
+    assert executed.event_type == "PaymentExecuted"
+    # Once answered, a copy gets the recorded outcome, still without a call.
+    assert decided(execution, [reserved], at(0.4)) == [executed]
+    assert len(rail.out) == 1
+
+
+def test_an_abandoned_call_is_started_again_by_the_events_coming_again(tmp_path):
+    rail = HeldRail()
+    execution = stage(tmp_path, rail)
+    routed, reserved = routed_and_reserved()
+    (pending,) = execution.handle_batch([routed, reserved], at(0.3))
+    pending.abandon()
+    (again,) = execution.handle_batch([routed, reserved], at(0.4))
+    assert isinstance(again, Pending) and len(rail.out) == 2
+    rail.answer_all()
+    (executed,) = again.finish(again.future.result())
+    assert executed.event_type == "PaymentExecuted"
+
+
+def test_an_abandoned_half_open_probe_gives_its_permit_back(tmp_path):
+    config = RAIL.breaker
+    rail = HeldRail(*["down"] * config.min_calls)
+    execution = stage(tmp_path, rail)
+    pairs = [routed_and_reserved(i) for i in range(config.min_calls + config.half_open_probes)]
+    (opening,) = [o for o in execution.handle_batch([e for p in pairs[:config.min_calls] for e in p], at(0.5))
+                  if isinstance(o, Pending)]
+    rail.answer_all()
+    opening.finish(opening.future.result())
+    assert read_breaker_states(tmp_path / "execution.sqlite")[0]["state"] == "open"
+
+    half_open_at = at(0.5 + 0.001 + config.open_s)
+    probes = [e for p in pairs[config.min_calls:] for e in p]
+    (probing,) = [o for o in execution.handle_batch(probes, half_open_at) if isinstance(o, Pending)]
+    probing.abandon()
+    # With the permits back, the same probes may go again at once instead of waiting.
+    outputs = execution.handle_batch([p[1] for p in pairs[config.min_calls:]], half_open_at)
+    assert [type(o) for o in outputs] == [Pending], "the probes were still counted as out"
