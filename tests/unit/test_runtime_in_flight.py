@@ -9,6 +9,7 @@ from concurrent.futures import Future
 from dataclasses import replace
 from datetime import UTC, datetime
 
+from orchestrator import runtime
 from orchestrator.effects import Pending
 from orchestrator.wire import HEADER_HANDLED_BY
 from tests.unit.runtime_fixtures import RecordingCheckpoint, StandInMessage, headers_of, runner
@@ -123,3 +124,19 @@ def test_the_effect_a_stage_returns_is_not_an_output(tmp_path):
     routed, reserved = routed_and_reserved()
     (effect,) = stage(tmp_path, rail).handle_batch([routed, reserved], routed.occurred_at)
     assert isinstance(effect, Pending)
+
+
+def test_with_the_queue_full_the_loop_waits_for_the_oldest_batch_instead_of_consuming(tmp_path, monkeypatch):
+    monkeypatch.setattr(runtime, "IN_FLIGHT_BATCHES_MAX", 1)
+    rail = HeldRail()
+    run = runner(stage(tmp_path, rail), SeesExecuted())
+    checkpoint = RecordingCheckpoint()
+    run.process_batch(both_halves(), checkpoint)
+    polled = []
+    monkeypatch.setattr(run, "_poll", lambda wait_s: polled.append(wait_s) or [])
+    assert run._next_messages(0.01, checkpoint) == [] and polled == []
+    rail.answer_all()
+    assert run._next_messages(0.01, checkpoint) == [] and polled == []
+    assert [r[0] for r in checkpoint.records] == [EXECUTED], "the oldest batch was waited for"
+    run._next_messages(0.01, checkpoint)
+    assert polled == [0.01], "with room in the queue the loop consumes again"
