@@ -91,7 +91,7 @@ class BrokenRail(HeldRail):
         return failed
 
 
-def test_an_effect_that_fails_dead_letters_the_events_it_was_started_for(tmp_path):
+def test_an_effect_that_fails_dead_letters_the_events_of_the_batch_that_started_it(tmp_path):
     run = runner(stage(tmp_path, BrokenRail()), SeesExecuted())
     checkpoint = RecordingCheckpoint()
     run.process_batch(both_halves(), checkpoint)
