@@ -57,12 +57,15 @@ def intake() -> None:
 
     from orchestrator.bootstrap import load_configured_tenants
     from orchestrator.intake.app import create_app
+    from orchestrator.intake.server import bounded_protocol
 
     settings = get_settings()
     configure_logging("intake", settings.log_level, settings.log_format)
     application = create_app(settings, load_configured_tenants(settings))
+    protocol = bounded_protocol(header_read_timeout_s=settings.intake.header_read_timeout_s,
+                                max_head_bytes=settings.intake.max_request_head_bytes)
     uvicorn.run(application, host=settings.intake.host, port=settings.intake.port, log_level="warning",
-                access_log=False, timeout_graceful_shutdown=10,
+                access_log=False, timeout_graceful_shutdown=10, http=protocol,
                 limit_concurrency=settings.intake.max_concurrent_connections,
                 timeout_keep_alive=settings.intake.keep_alive_timeout_s)
 

@@ -126,6 +126,12 @@ class IntakeSettings(BaseModel):
     # A client must deliver its whole body within this long (408 `request-timeout`
     # otherwise): a slow body holds a connection and its buffer for nothing.
     body_read_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    # The request line and headers must arrive within this long, from a connection's (or a
+    # request's) first byte (408 `header-timeout`, orchestrator/intake/server.py): against
+    # clients that open connections and trickle headers (slowloris) or send nothing.
+    header_read_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    # The request line and headers together; past it 431 `headers-too-large`.
+    max_request_head_bytes: int = Field(default=32_768, ge=1_024, le=1_048_576)
     # Connections and requests served at once by one intake process; past it the server
     # answers 503 at once instead of queueing without bound.
     max_concurrent_connections: int = Field(default=2_048, ge=1, le=100_000)

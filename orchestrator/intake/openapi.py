@@ -64,12 +64,15 @@ _HEADERS = {
                "schema": {"type": "string"}},
 }
 _DESCRIPTIONS = {400: "Bad request", 401: "No valid API key", 403: "The key does not allow this", 404: "Not found",
-                 405: "Method not allowed", 408: "The body did not arrive in time", 409: "Conflict",
+                 405: "Method not allowed", 408: "The request head or body did not arrive in time", 409: "Conflict",
+                 431: "The request head is too large",
                  413: "Too large", 415: "Unsupported media type", 422: "Not valid",
                  429: "The key is over its submission rate; send again after Retry-After", 500: "Internal error",
                  503: "Overloaded, or the outcome is unknown; send again after Retry-After"}
-_SUBMIT_STATUSES = (400, 401, 403, 408, 413, 415, 422, 429, 500, 503)
+_SUBMIT_STATUSES = (400, 401, 403, 408, 413, 415, 422, 429, 431, 500, 503)
 _READ_STATUSES = (401, 403, 404, 422, 500)
+# Answered by the HTTP server itself on any path (orchestrator/intake/server.py).
+_SERVER_STATUSES = (400, 408, 431)
 
 
 def _problems(statuses: tuple[int, ...]) -> dict[str, Any]:
@@ -112,6 +115,8 @@ def describe(app: FastAPI) -> dict[str, Any]:
         for method, operation in operations.items():
             responses = operation.setdefault("responses", {})
             responses.pop("422", None)  # FastAPI's validation shape; ours is problem+json
+            responses.update({code: answer for code, answer in _problems(_SERVER_STATUSES).items()
+                              if code not in responses})
             if method == "get":
                 responses["200"] = {"description": "OK", "content": _OK_CONTENT.get(path, _JSON_OBJECT)}
             if path.startswith("/v1/") and method == "get":

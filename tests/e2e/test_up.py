@@ -114,6 +114,28 @@ def test_up_prints_ready_and_answers(up):
     assert httpx.get(f"{up.base_url}/v1/payments/x").status_code == 401
 
 
+def test_the_intake_bounds_request_heads_and_answers_server_refusals_in_problem_json(up):
+    """The running intake serves with the bounded protocol (orchestrator/intake/server.py)."""
+    import json
+    import socket
+
+    def refusal(raw: bytes) -> tuple[bytes, dict]:
+        with socket.create_connection(("127.0.0.1", up.intake_port), timeout=20) as client:
+            client.sendall(raw)
+            answer = b""
+            while chunk := client.recv(65_536):  # the intake closes the connection after it
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert b"content-type: application/problem+json" in head.lower(), head
+        return head.split(b"\r\n")[0], json.loads(body)
+
+    status, body = refusal(b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n")
+    assert (status, body["type"]) == (b"HTTP/1.1 431 Request Header Fields Too Large",
+                                      "https://payorch.dev/problems/headers-too-large")
+    status, body = refusal(b"\x16\x03\x01 not http\r\n\r\n")
+    assert (status, body["type"]) == (b"HTTP/1.1 400 Bad Request", "https://payorch.dev/problems/malformed-request")
+
+
 def test_one_clearing_simulator_process_serves_every_rail(up):
     rails = {"fednow", "rtp", "lynx", "sepa_inst", "fps", "pix", "spei", "npp", "fast"}
     os.kill(up.pid_of("clearing-sim"), 0)  # alive
