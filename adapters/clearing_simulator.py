@@ -187,7 +187,8 @@ class ClearingSimulator:
         max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES,
         rails: Collection[str] | None = None,
     ) -> None:
-        self._rng = random.Random(seed)
+        # bandit B311: simulated latencies, seeded on purpose.
+        self._rng = random.Random(seed)  # nosec B311
         self.max_transactions = max_transactions
         self.max_responses = max_responses
         self.max_document_bytes = max_document_bytes

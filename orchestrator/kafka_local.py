@@ -25,7 +25,8 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
+# bandit B404: runs Maven and the broker's JVM with argument lists of our own.
+import subprocess  # nosec B404
 import sys
 import tempfile
 import threading
@@ -134,7 +135,8 @@ def ensure_kafka_jars(repo_root: Path = REPO_ROOT) -> Path:
         logger.info("fetching Kafka jars with Maven into %s", libs_dir)
         fetch_started = time.monotonic()
         try:
-            result = subprocess.run(
+            # bandit B603: our own mvn command line, no shell.
+            result = subprocess.run(  # nosec B603
                 cmd,
                 cwd=repo_root,
                 capture_output=True,
@@ -432,11 +434,18 @@ class LocalKafka:
         for path in (self.data_dir / "kraft", self.data_dir / "config", self.log_dir):
             path.mkdir(parents=True, exist_ok=True)
 
+    def _require_data_dir(self) -> Path:
+        """The data dir, which `start` makes: the steps below need it (never `assert`, which
+        `python -O` removes)."""
+        if self.data_dir is None:
+            raise RuntimeError("LocalKafka: the data dir is made by start(); call it first")
+        return self.data_dir
+
     def _choose_ports(self) -> None:
         # Ports are chosen once per instance and reused by restarts; a persisted
         # data dir remembers them so a later LocalKafka(data_dir=...) comes back on
         # the same address when they are still free.
-        assert self.data_dir is not None
+        self._require_data_dir()
         ports_file = self.data_dir / "config" / "ports.json"
         if self.controller_port is None and ports_file.is_file():
             with contextlib.suppress(ValueError, KeyError, TypeError, OSError):
@@ -458,7 +467,7 @@ class LocalKafka:
         )
 
     def _write_config(self) -> Path:
-        assert self.data_dir is not None
+        self._require_data_dir()
         config_dir = self.data_dir / "config"
         (config_dir / "log4j2.properties").write_text(_LOG4J2_PROPERTIES)
         settings = {
@@ -523,7 +532,7 @@ class LocalKafka:
         return server_properties
 
     def _java_command(self, java: str, libs_dir: Path, main_class: str) -> list[str]:
-        assert self.data_dir is not None
+        self._require_data_dir()
         return [
             java,
             f"-Xms{min(256, self.heap_mb)}m",
@@ -539,7 +548,7 @@ class LocalKafka:
         ]
 
     def _format_storage_if_needed(self, java: str, libs_dir: Path, server_properties: Path) -> None:
-        assert self.data_dir is not None
+        self._require_data_dir()
         if (self.data_dir / "kraft" / "meta.properties").is_file():
             return
         cluster_id = _random_cluster_id()
@@ -552,7 +561,8 @@ class LocalKafka:
             str(server_properties),
         ]
         logger.debug("formatting KRaft storage: %s", " ".join(cmd))
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        # bandit B603: Kafka's own storage tool, an argument list of ours, no shell.
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)  # nosec B603
         if result.returncode != 0:
             output_tail = "\n".join(
                 (result.stdout + result.stderr).splitlines()[-broker_log_tail_lines:]
@@ -563,7 +573,8 @@ class LocalKafka:
         logger.info("formatted KRaft storage in %s (cluster id %s)", self.data_dir, cluster_id)
 
     def _launch(self, java: str, libs_dir: Path, server_properties: Path) -> None:
-        assert self.log_path is not None
+        if self.log_path is None:
+            raise RuntimeError("LocalKafka: the broker's log file is chosen by start(); call it first")
         cmd = self._java_command(java, libs_dir, "kafka.Kafka") + [str(server_properties)]
         self._log_file = open(self.log_path, "ab")
         self._log_file.write(f"\n===== payorch: starting broker: {' '.join(cmd)}\n".encode())
@@ -576,7 +587,8 @@ class LocalKafka:
             self.controller_port,
             self.log_path,
         )
-        self._proc = subprocess.Popen(
+        # bandit B603: our own java command line, no shell.
+        self._proc = subprocess.Popen(  # nosec B603
             cmd,
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,

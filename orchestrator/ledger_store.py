@@ -275,13 +275,14 @@ class SqliteLedgerStore:
                 if value is not None:
                     sets.append(f"{column}=?")
                     params.append(value)
-            cursor = self.db.execute(f"UPDATE transfers SET {', '.join(sets)} WHERE payment_id=? AND state=?",
+            # The columns are LedgerChange's own field names, the values ? placeholders (hence the nosec).
+            cursor = self.db.execute(f"UPDATE transfers SET {', '.join(sets)} WHERE payment_id=? AND state=?",  # nosec B608
                                      (*params, change.payment_id, change.expected_state))
             if cursor.rowcount != 1:
                 raise LedgerConflict(f"transfer {change.payment_id} is no longer {change.expected_state}")
         for account_id, deltas in change.deltas_by_account().items():
             sets = ", ".join(f"{column}={column}+?" for column in deltas)
-            sql, params = f"UPDATE accounts SET {sets} WHERE account_id=?", [*deltas.values(), account_id]
+            sql, params = f"UPDATE accounts SET {sets} WHERE account_id=?", [*deltas.values(), account_id]  # nosec B608
             check = change.funds_check
             if check is not None and check.account_id == account_id:
                 sql += (" AND coalesce(credit_limit_minor,0)+credits_posted-debits_posted-debits_pending >= ?")

@@ -585,7 +585,8 @@ class StageRunner:
         self._paused: dict[tuple[str, int], float] = {}
         # Consumed batches waiting for their effects, oldest first (see "In-flight batches").
         self._in_flight: deque[InFlightBatch] = deque()
-        self._rng = random.Random()
+        # bandit B311: retry jitter, not a secret.
+        self._rng = random.Random()  # nosec B311
 
     def consumers_by_role(self) -> dict[str, Consumer]:
         consumers = {"main": self.consumer}

@@ -14,7 +14,8 @@ import json
 import logging
 import os
 import signal
-import subprocess
+# bandit B404: starts payorch's own processes with argument lists.
+import subprocess  # nosec B404
 import sys
 import time
 from dataclasses import dataclass, field
@@ -111,7 +112,7 @@ class Supervisor:
     def _spawn(self, child: Child, env: dict[str, str]) -> None:
         if child.log_file is None:
             child.log_file = open(child.log_path, "ab", buffering=0)  # noqa: SIM115 - lives with the child
-        child.process = subprocess.Popen(child.argv, env=env, stdout=child.log_file, stderr=subprocess.STDOUT,
+        child.process = subprocess.Popen(child.argv, env=env, stdout=child.log_file, stderr=subprocess.STDOUT,  # nosec B603
                                          cwd=REPO_ROOT, start_new_session=True)
         child.started_at = time.monotonic()
         write_pid_file(self.run_dir / f"{child.name}.pid", child.process.pid)

@@ -197,6 +197,15 @@ class Xml:
             element = next(element.iterchildren(prefix + name), None)
         return element
 
+    def require(self, element: etree._Element, *names: str) -> etree._Element:
+        """As `find`, for an element the schema requires: its absence (a document that
+        skipped validation, or a schema that changed) is a refused document, not a crash."""
+        found = self.find(element, *names)
+        if found is None:
+            raise IsoDocumentError("schema-violation", "Required element missing",
+                                   f"{'/'.join(names)} is required here", path=element_path(element))
+        return found
+
     def findall(self, element: etree._Element, *names: str) -> list[etree._Element]:
         *parents, last = names
         parent = self.find(element, *parents)

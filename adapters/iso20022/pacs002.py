@@ -204,10 +204,9 @@ def parse_pacs002(data: bytes, *, max_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES) -
     root = parse_untrusted(data, max_bytes=max_bytes)
     require_message_version(root, MESSAGE_VERSION)
 
-    report = _X.find(root, "FIToFIPmtStsRpt")
-    header = _X.find(report, "GrpHdr")
-    created_element = _X.find(header, "CreDtTm")
-    assert report is not None and header is not None and created_element is not None  # the XSD requires them
+    report = _X.require(root, "FIToFIPmtStsRpt")
+    header = _X.require(report, "GrpHdr")
+    created_element = _X.require(header, "CreDtTm")
     created_at = parse_datetime(created_element.text, created_element)
     original = _X.find(report, "OrgnlGrpInfAndSts")
 

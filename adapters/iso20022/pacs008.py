@@ -221,12 +221,11 @@ def parse_pacs008_root(root: etree._Element, tenant_id: str) -> ParsedPacs008:
     """As parse_pacs008, for a root already produced by `parse_untrusted`."""
     require_message_version(root, MESSAGE_VERSION)
 
-    transfer = _X.find(root, "FIToFICstmrCdtTrf")
-    header = _X.find(transfer, "GrpHdr")
-    assert transfer is not None and header is not None  # guaranteed by the XSD
+    transfer = _X.require(root, "FIToFICstmrCdtTrf")
+    header = _X.require(transfer, "GrpHdr")
     message_id = _X.text(header, "MsgId") or ""
-    created_element = _X.find(header, "CreDtTm")
-    created_at = parse_datetime(created_element.text, created_element)  # type: ignore[union-attr]
+    created_element = _X.require(header, "CreDtTm")
+    created_at = parse_datetime(created_element.text, created_element)
     tx_elements = _X.findall(transfer, "CdtTrfTxInf")
     count = check_transaction_count(_X.text(header, "NbOfTxs"), len(tx_elements), _X.find(header, "NbOfTxs"))
     group_date_element = _X.find(header, "IntrBkSttlmDt")
@@ -290,8 +289,7 @@ def _check_total(
 def _read_transaction(
     tx: etree._Element, tenant_id: str, message_id: str, group_date: str | None
 ) -> tuple[Pacs008Transaction, Decimal]:
-    amount_element = _X.find(tx, "IntrBkSttlmAmt")
-    assert amount_element is not None  # required by the XSD
+    amount_element = _X.require(tx, "IntrBkSttlmAmt")
     amount_minor, currency, value = parse_amount(amount_element)
     date_element = _X.find(tx, "IntrBkSttlmDt")
     settlement_date = parse_date(date_element.text, date_element) if date_element is not None else group_date

@@ -79,23 +79,21 @@ def parse_pain001(data: bytes, tenant_id: str, *, max_bytes: int = DEFAULT_MAX_D
 def parse_pain001_root(root: etree._Element, tenant_id: str) -> ParsedPain001:
     """As parse_pain001, for a root already produced by `parse_untrusted`."""
     version = schemas.message_version_of(root)
-    if version not in _XML:
+    if version is None or version not in _XML:
         raise IsoDocumentError(
             "unsupported-message", "Unsupported message",
             f"expected a pain.001.001.03 or pain.001.001.09 document, got "
             f"{version or etree.QName(root).namespace or 'no namespace'}",
             path=element_path(root),
         )
-    assert version is not None
     schemas.validate(root, version)
     x = _XML[version]
 
-    initiation = x.find(root, "CstmrCdtTrfInitn")
-    header = x.find(initiation, "GrpHdr")
-    assert initiation is not None and header is not None  # guaranteed by the XSD
+    initiation = x.require(root, "CstmrCdtTrfInitn")
+    header = x.require(initiation, "GrpHdr")
     message_id = x.text(header, "MsgId") or ""
-    created_element = x.find(header, "CreDtTm")
-    created_at = parse_datetime(created_element.text, created_element)  # type: ignore[union-attr]
+    created_element = x.require(header, "CreDtTm")
+    created_at = parse_datetime(created_element.text, created_element)
     blocks = x.findall(initiation, "PmtInf")
     transaction_total = sum(len(x.findall(block, "CdtTrfTxInf")) for block in blocks)
     count = check_transaction_count(x.text(header, "NbOfTxs"), transaction_total, x.find(header, "NbOfTxs"))

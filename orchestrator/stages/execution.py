@@ -154,7 +154,8 @@ class ExecutionStage(Stage):
         self.client = client
         self.url_for = url_for
         self.retry = retry
-        self.rng = rng or random.Random()
+        # bandit B311: backoff jitter, not a secret.
+        self.rng = rng or random.Random()  # nosec B311
         self.store = ExecutionStore(data_dir / "execution.sqlite")
         self.breakers: dict[tuple[str, str], CircuitBreaker] = {}
         # Payments whose clearing call is out, answered by a `Pending` not yet finished.

@@ -496,3 +496,17 @@ def test_comments_and_processing_instructions_are_dropped() -> None:
 def test_parse_untrusted_requires_bytes() -> None:
     with pytest.raises(TypeError):
         parse_untrusted("<a/>")  # type: ignore[arg-type]
+
+
+def test_a_required_element_that_is_missing_is_a_refused_document_not_a_crash():
+    # The XSD makes these elements required, so validation refuses such a document first;
+    # the readers still never dereference a missing element (python -O drops asserts).
+    from adapters.iso20022._common import Xml
+
+    xml = Xml("urn:iso:std:iso:20022:tech:xsd:pacs.002.001.10")
+    root = xml.root()
+    report = xml.sub(root, "FIToFIPmtStsRpt")
+    assert xml.require(root, "FIToFIPmtStsRpt") is report
+    with pytest.raises(IsoDocumentError) as refused:
+        xml.require(report, "GrpHdr", "CreDtTm")
+    assert refused.value.problem_type == "schema-violation" and "GrpHdr/CreDtTm" in refused.value.detail
