@@ -52,6 +52,8 @@ _TENANT_CACHE_ENTRIES = 64
 _ACCOUNT_NUMBER_RE = re.compile(rf"[A-Za-z0-9]{{1,{MAX_ACCOUNT_NUMBER_CHARS}}}")
 _ELECTRONIC_FORM_RE = re.compile(r"[A-Z0-9]+")
 _ISO_DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+# A UK IBAN: GB, check digits, the bank's 4-letter code, the sort code, the account number.
+_GB_IBAN_RE = re.compile(r"GB[0-9]{2}[A-Z]{4}([0-9]{6})([0-9]{8})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +75,14 @@ def normalise_payment(payment: Payment) -> Payment:
     and "062 000" only ever mean "200000" and "062000". Empty identifiers become absent,
     since JSON clients often send "" for "not given". Names are NFC-normalised with runs of
     whitespace collapsed to one space. The end-to-end id is left exactly as sent: it is the
-    client's reference and is echoed back verbatim.
+    client's reference and is echoed back verbatim. A GBP payment to a UK IBAN is addressed
+    by the sort code and account number inside it (`_uk_domestic_account`).
     """
     debtor = _normalise_party(payment.debtor)
     creditor = _normalise_party(payment.creditor)
     currency = payment.currency.strip().upper() if isinstance(payment.currency, str) else payment.currency
+    if currency == "GBP":
+        creditor = _uk_domestic_account(creditor)
     if debtor is payment.debtor and creditor is payment.creditor and currency == payment.currency:
         return payment
     return payment.replace(debtor=debtor, creditor=creditor, currency=currency)
@@ -102,6 +107,26 @@ def _normalise_party(party: Party) -> Party:
         agent=Agent(bic=bic, member_id=party.agent.member_id) if changed_bic else party.agent,
         country=party.country,
     )
+
+
+def _uk_domestic_account(party: Party) -> Party:
+    """A creditor given by a valid UK IBAN alone, as the sort code and account number it holds.
+
+    Sterling moves on the UK's domestic rails (Faster Payments here), which address an
+    account by sort code and account number, not by IBAN; a UK IBAN carries both (its 9th
+    to 14th and 15th to 22nd characters), so asking the client for them again would refuse
+    a payment that names its account exactly. An invalid IBAN is left alone, to be refused
+    as one; an account that already names a number or bank code is the client's own form.
+    """
+    account = party.account
+    if not isinstance(account.iban, str) or account.number is not None or account.bank_code is not None:
+        return party
+    parts = _GB_IBAN_RE.fullmatch(account.iban)
+    if parts is None or iban_problem(account.iban) is not None:
+        return party
+    sort_code, number = parts.groups()
+    return Party(name=party.name, account=Account(number=number, bank_code=sort_code), agent=party.agent,
+                 country=party.country)
 
 
 def _normalise_name(name: str) -> str:

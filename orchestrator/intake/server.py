@@ -8,14 +8,18 @@ public payment API needs and uvicorn does not have.
   keep-alive connections, and the body is bounded by the app (`body_read_timeout_s`).
   Such a client gets 408 `header-timeout` and the connection is closed.
 - **The request head (request line and headers) is at most `max_head_bytes`.** httptools
-  has no limit of its own: a 32 MiB header was accepted. Past it: 431
-  `headers-too-large`, and the connection is closed.
+  has no limit of its own: a 32 MiB header was accepted. It is counted as the parser
+  reports it and, while a head is still open, as its bytes arrive (httptools holds an
+  unfinished header line in memory). Past it: 431 `headers-too-large`, and the
+  connection is closed.
 - **What the server itself refuses is problem+json**, like everything else the intake
   answers: a request that is not HTTP gets 400 `malformed-request` instead of uvicorn's
   text/plain "Invalid HTTP request received.".
 
-The connection limit stays uvicorn's (`limit_concurrency`, 503); the problems are the
-kinds of `orchestrator/intake/problems.py`.
+After a refusal the server stops writing, drops what still comes and closes after
+`LINGER_S`: closing at once with the rest of a large head unread made the kernel reset
+the connection, and clients lost the answer. The connection limit stays uvicorn's
+(`limit_concurrency`, 503); the problems are the kinds of `orchestrator/intake/problems.py`.
 """
 
 from __future__ import annotations
@@ -32,6 +36,14 @@ from orchestrator.intake.problems import PROBLEM_CONTENT_TYPE, PROBLEM_KINDS, PR
 log = logging.getLogger("payorch.intake")
 
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+# After a refusal the connection stays open this long, reading and dropping what the client
+# still sends, before it is closed: closing with unread data makes the kernel reset the
+# connection, and the client may then lose the answer (nginx's "lingering close").
+LINGER_S = 1.0
+
+
+class _HeadRefused(Exception):
+    """Raised in a parser callback to stop reading a head that is refused."""
 
 
 def problem_bytes(kind: str, detail: str) -> bytes:
@@ -56,9 +68,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._head_timer: asyncio.TimerHandle | None = None
-        # Whether a request head is being read, and how many bytes of it came so far.
+        # Whether a request head is being read; its bytes as they came (across chunks, while
+        # it is open) and as the parser reported them (request line and headers).
         self._head_open = True
-        self._head_bytes = 0
+        self._head_wire_bytes = 0
+        self._head_parsed_bytes = 0
+        self._refused = False
+        self._linger: asyncio.TimerHandle | None = None
 
     # -- the head's deadline ------------------------------------------------------------
 
@@ -68,11 +84,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        if self._linger is not None:
+            self._linger.cancel()
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._head_open, self._head_bytes = True, 0
+        self._head_open, self._head_wire_bytes, self._head_parsed_bytes = True, 0, 0
         self._arm_head_timer()
 
     def on_headers_complete(self) -> None:
@@ -104,7 +122,22 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     # -- reading, and the head's size -------------------------------------------------
 
+    def on_url(self, url: bytes) -> None:
+        self._count_head(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + 4)  # with ": " and CRLF
+        super().on_header(name, value)
+
+    def _count_head(self, size: int) -> None:
+        self._head_parsed_bytes += size
+        if self._head_parsed_bytes > self.max_head_bytes:
+            raise _HeadRefused
+
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # lingering after a refusal: what still comes is dropped
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
@@ -114,15 +147,22 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             else:
                 self._unsupported_upgrade_warning()
             return
-        except httptools.HttpParserError:
-            self._refuse("malformed-request", "the request is not valid HTTP/1.1")
+        except httptools.HttpParserError as exc:
+            # A callback's exception reaches here wrapped by the parser.
+            if isinstance(exc.__context__, _HeadRefused):
+                self._refuse_large_head()
+            else:
+                self._refuse("malformed-request", "the request is not valid HTTP/1.1")
             return
-        # httptools keeps an unfinished header line in memory until it ends, so the head is
-        # measured as it arrives: while it is open, all of a chunk is head.
+        # httptools keeps an unfinished header line in memory until it ends, so an open
+        # head is also measured as it arrives: while it is open, all of a chunk is head.
         if self._head_open:
-            self._head_bytes += len(data)
-            if self._head_bytes > self.max_head_bytes:
-                self._refuse("headers-too-large", f"the request head is larger than {self.max_head_bytes} bytes")
+            self._head_wire_bytes += len(data)
+            if self._head_wire_bytes > self.max_head_bytes:
+                self._refuse_large_head()
+
+    def _refuse_large_head(self) -> None:
+        self._refuse("headers-too-large", f"the request head is larger than {self.max_head_bytes} bytes")
 
     # -- refusals -----------------------------------------------------------------------
 
@@ -130,10 +170,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._refuse("malformed-request", msg)
 
     def _refuse(self, kind: str, detail: str) -> None:
+        """Answer `kind` and end the connection: no more writes, what comes is dropped, and
+        it closes after `LINGER_S` (or when the client closes first)."""
         self._cancel_head_timer()
-        if not self.transport.is_closing():
-            self.transport.write(problem_bytes(kind, detail))
-            self.transport.close()
+        if self._refused or self.transport.is_closing():
+            return
+        self._refused = True
+        self.transport.write(problem_bytes(kind, detail))
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._linger = self.loop.call_later(LINGER_S, self.transport.close)
 
 
 def bounded_protocol(*, header_read_timeout_s: float, max_head_bytes: int) -> type[BoundedHttpToolsProtocol]:

@@ -76,6 +76,17 @@ def test_a_payment_of_every_tenant_and_rail_settles_with_a_full_timeline(system)
         assert types.count("FundsReserved") <= 1, (label, types)
 
 
+def test_a_gbp_payment_to_a_uk_iban_settles_on_faster_payments(system):
+    body = sample_body("emea", 1)  # the Faster Payments sample
+    assert body["currency"] == "GBP"
+    body["creditor"] = {"name": "Wessex Timber Ltd", "account": {"iban": "GB82 WEST 1234 5698 7654 32"}}
+    payment_id = post_ok(system, "emea", body)
+    record = system.wait_terminal({payment_id: "emea"})[payment_id]
+    assert record["status"] == "SETTLED", record
+    routed = next(step for step in record["timeline"] if step["event_type"] == "PaymentRouted")
+    assert routed["rail"] == "fps", routed
+
+
 def test_same_idempotency_key_same_body_gives_the_same_payment_and_other_body_422(system):
     body = sample_body("emea")
     first = system.post("emea", body, key="idem-1")

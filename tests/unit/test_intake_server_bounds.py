@@ -84,6 +84,7 @@ def test_a_head_that_trickles_in_gets_408_and_the_connection_is_closed(server):
     started = time.monotonic()
     client.sendall(b"POST /v1/payments HTTP/1.1\r\nHost: 127.0.0.1\r\n")
     answer = b""
+    answered_after_s = None
     for index in range(40):  # one header line every 0.1 s, never the blank line
         try:
             client.sendall(b"X-Slow-%d: 1\r\n" % index)
@@ -95,12 +96,13 @@ def test_a_head_that_trickles_in_gets_408_and_the_connection_is_closed(server):
         except TimeoutError:
             continue
         if answer:
+            answered_after_s = time.monotonic() - started
             break
     client.settimeout(10)
     answer += read_until_closed(client)
     status, body = problem(answer)
     assert (status, body["type"]) == (408, "https://payorch.dev/problems/header-timeout")
-    assert time.monotonic() - started < 4 * HEAD_TIMEOUT_S, "the trickle was allowed to go on"
+    assert answered_after_s is not None and answered_after_s < 3 * HEAD_TIMEOUT_S, "the trickle was allowed to go on"
 
 
 def test_a_connection_that_sends_nothing_is_closed_after_the_head_timeout(server):
@@ -109,11 +111,21 @@ def test_a_connection_that_sends_nothing_is_closed_after_the_head_timeout(server
     assert (status, body["type"]) == (408, "https://payorch.dev/problems/header-timeout")
 
 
-def test_a_head_larger_than_the_limit_gets_431(server):
+@pytest.mark.parametrize(("case", "size", "ending"), [
+    ("a header line that never ends", MAX_HEAD_BYTES * 4, b""),
+    ("a whole head in one piece", MAX_HEAD_BYTES * 2, b"\r\n\r\n"),
+    # Far more than the server reads before it answers: the answer must still arrive,
+    # not a reset (the connection lingers before it closes).
+    ("a huge head", MAX_HEAD_BYTES * 256, b"\r\n\r\n"),
+])
+def test_a_head_larger_than_the_limit_gets_431(server, case, size, ending):
     client = connect(server)
-    client.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * (MAX_HEAD_BYTES * 4))
+    try:
+        client.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * size + ending)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server stopped reading once it answered; the answer is what counts
     status, body = problem(read_until_closed(client))
-    assert (status, body["type"]) == (431, "https://payorch.dev/problems/headers-too-large")
+    assert (status, body["type"]) == (431, "https://payorch.dev/problems/headers-too-large"), case
 
 
 def test_a_head_just_under_the_limit_is_served(server):

@@ -565,3 +565,40 @@ def test_a_rails_mandatory_fields_come_from_its_tenant_file():
     [problem] = validate_payment(without, tenant, today=date(2026, 11, 27))
     assert (problem.reason_code, problem.field) == (ReasonCode.no_rail_for_payment, "remittance_information")
     assert "requires remittance_information" in problem.detail
+
+
+# --------------------------------------------------------------------------- UK IBANs in sterling
+
+UK_IBAN = "GB29NWBK60161331926819"  # NWBK, sort code 601613, account 31926819
+
+
+def to_uk_iban(payment: Payment, iban: str = UK_IBAN, currency: str = "GBP") -> Payment:
+    creditor = payment.creditor
+    return payment.replace(currency=currency, creditor=Party(creditor.name, Account(iban=iban), creditor.agent, "GB"))
+
+
+def test_a_gbp_payment_to_a_uk_iban_goes_by_faster_payments_with_the_sort_code_and_number_inside_it():
+    payment = normalise_payment(to_uk_iban(sample_for("fps")))
+    assert payment.creditor.account == Account(number="31926819", bank_code="601613")
+    assert problems_of(payment) == []
+    assert select_rail(payment, TENANTS["emea"]).name == "fps"
+    assert normalise_payment(payment) is payment, "the domestic form is already canonical"
+
+
+def test_a_uk_iban_in_spaced_print_form_is_converted_too():
+    payment = normalise_payment(to_uk_iban(sample_for("fps"), iban="gb29 nwbk 6016 1331 9268 19"))
+    assert payment.creditor.account == Account(number="31926819", bank_code="601613")
+
+
+def test_the_uk_iban_is_kept_outside_sterling_and_an_invalid_one_is_refused_as_such():
+    euros = normalise_payment(to_uk_iban(sample_for("sepa_inst"), currency="EUR"))
+    assert euros.creditor.account == Account(iban=UK_IBAN)
+    broken = normalise_payment(to_uk_iban(sample_for("fps"), iban="GB28NWBK60161331926819"))
+    assert broken.creditor.account == Account(iban="GB28NWBK60161331926819")
+    assert (ReasonCode.invalid_iban, "creditor.account.iban") in problems_of(broken)
+
+
+def test_a_non_uk_iban_in_sterling_still_needs_a_uk_account():
+    payment = normalise_payment(to_uk_iban(sample_for("fps"), iban="DE89370400440532013000"))
+    assert payment.creditor.account == Account(iban="DE89370400440532013000")
+    assert [code for code, _ in problems_of(payment)] == [ReasonCode.no_rail_for_payment]
