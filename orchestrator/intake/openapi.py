@@ -72,7 +72,7 @@ _DESCRIPTIONS = {400: "Bad request", 401: "No valid API key", 403: "The key does
 _SUBMIT_STATUSES = (400, 401, 403, 408, 413, 415, 422, 429, 431, 500, 503)
 _READ_STATUSES = (401, 403, 404, 422, 500)
 # Answered by the HTTP server itself on any path (orchestrator/intake/server.py).
-_SERVER_STATUSES = (400, 408, 431)
+_SERVER_STATUSES = (400, 408, 431, 503)
 
 
 def _problems(statuses: tuple[int, ...]) -> dict[str, Any]:

@@ -14,12 +14,14 @@ public payment API needs and uvicorn does not have.
   connection is closed.
 - **What the server itself refuses is problem+json**, like everything else the intake
   answers: a request that is not HTTP gets 400 `malformed-request` instead of uvicorn's
-  text/plain "Invalid HTTP request received.".
+  text/plain "Invalid HTTP request received.", and a request past the connection limit
+  (`limit_concurrency`) 503 `server-busy` with `Retry-After` instead of "Service
+  Unavailable".
 
 After a refusal the server stops writing, drops what still comes and closes after
 `LINGER_S`: closing at once with the rest of a large head unread made the kernel reset
-the connection, and clients lost the answer. The connection limit stays uvicorn's
-(`limit_concurrency`, 503); the problems are the kinds of `orchestrator/intake/problems.py`.
+the connection, and clients lost the answer. The problems are the kinds of
+`orchestrator/intake/problems.py`.
 """
 
 from __future__ import annotations
@@ -35,7 +37,10 @@ from orchestrator.intake.problems import PROBLEM_CONTENT_TYPE, PROBLEM_KINDS, PR
 
 log = logging.getLogger("payorch.intake")
 
-_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large",
+            503: b"Service Unavailable"}
+# What a client past the connection limit is told to wait before it tries again.
+BUSY_RETRY_AFTER_S = 1
 # After a refusal the connection stays open this long, reading and dropping what the client
 # still sends, before it is closed: closing with unread data makes the kernel reset the
 # connection, and the client may then lose the answer (nginx's "lingering close").
@@ -46,7 +51,11 @@ class _HeadRefused(Exception):
     """Raised in a parser callback to stop reading a head that is refused."""
 
 
-def problem_bytes(kind: str, detail: str) -> bytes:
+class _Refused(Exception):
+    """Raised in a parser callback after the request was answered with a refusal."""
+
+
+def problem_bytes(kind: str, detail: str, *, retry_after_s: int | None = None) -> bytes:
     """A whole HTTP/1.1 problem+json response that closes the connection."""
     status, title = PROBLEM_KINDS[kind]
     body = orjson.dumps({"type": PROBLEM_TYPE_BASE + kind, "title": title, "status": status, "detail": detail})
@@ -54,6 +63,7 @@ def problem_bytes(kind: str, detail: str) -> bytes:
         b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status]),
         b"content-type: " + PROBLEM_CONTENT_TYPE.encode() + b"\r\n",
         b"content-length: %d\r\n" % len(body),
+        b"retry-after: %d\r\n" % retry_after_s if retry_after_s is not None else b"",
         b"connection: close\r\n\r\n",
         body,
     ])
@@ -96,6 +106,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._head_open = False
         self._cancel_head_timer()
+        limit = self.limit_concurrency
+        answering = self.cycle is not None and not self.cycle.response_complete
+        # A pipelined request behind one still being answered keeps uvicorn's in-order 503.
+        if limit is not None and not answering and (len(self.connections) >= limit or len(self.tasks) >= limit):
+            # uvicorn's own answer here is a text/plain 503 that keeps the connection.
+            log.warning("refused a request: %d connections and %d requests at the limit of %d",
+                        len(self.connections), len(self.tasks), limit)
+            self._refuse("server-busy", f"this intake serves at most {limit} connections at once",
+                         retry_after_s=BUSY_RETRY_AFTER_S)
+            raise _Refused  # the request gets no cycle: the parser stops here
         super().on_headers_complete()
 
     def _arm_head_timer(self) -> None:
@@ -151,7 +171,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # A callback's exception reaches here wrapped by the parser.
             if isinstance(exc.__context__, _HeadRefused):
                 self._refuse_large_head()
-            else:
+            elif not isinstance(exc.__context__, _Refused):
                 self._refuse("malformed-request", "the request is not valid HTTP/1.1")
             return
         # httptools keeps an unfinished header line in memory until it ends, so an open
@@ -169,14 +189,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         self._refuse("malformed-request", msg)
 
-    def _refuse(self, kind: str, detail: str) -> None:
+    def _refuse(self, kind: str, detail: str, *, retry_after_s: int | None = None) -> None:
         """Answer `kind` and end the connection: no more writes, what comes is dropped, and
         it closes after `LINGER_S` (or when the client closes first)."""
         self._cancel_head_timer()
         if self._refused or self.transport.is_closing():
             return
         self._refused = True
-        self.transport.write(problem_bytes(kind, detail))
+        self.transport.write(problem_bytes(kind, detail, retry_after_s=retry_after_s))
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self._linger = self.loop.call_later(LINGER_S, self.transport.close)

@@ -5,6 +5,7 @@ connection is closed; a well-behaved client, keep-alive pauses included, is serv
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -141,3 +142,44 @@ def test_a_request_that_is_not_http_gets_400_problem_json(server):
     client.sendall(b"\x16\x03\x01 this is not HTTP\r\n\r\n")
     status, body = problem(read_until_closed(client))
     assert (status, body["type"]) == (400, "https://payorch.dev/problems/malformed-request")
+
+
+def test_a_request_past_the_connection_limit_gets_503_server_busy_in_problem_json():
+    release = threading.Event()
+
+    async def slow(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/slow":
+            while not release.is_set():
+                await asyncio.sleep(0.01)
+        await hello(scope, receive, send)
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    config = uvicorn.Config(slow, host="127.0.0.1", port=port, log_level="error", lifespan="off",
+                            limit_concurrency=2,
+                            http=bounded_protocol(header_read_timeout_s=10, max_head_bytes=MAX_HEAD_BYTES))
+    running = uvicorn.Server(config)
+    thread = threading.Thread(target=running.run, daemon=True)
+    thread.start()
+    while not running.started:
+        time.sleep(0.02)
+    try:
+        busy = connect(port)
+        busy.sendall(b"GET /slow HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        time.sleep(0.2)  # the first request is being served: one connection, one task
+        refused = connect(port)
+        refused.sendall(b"GET /fast HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        answer = read_until_closed(refused)
+        status, body = problem(answer)
+        assert (status, body["type"]) == (503, "https://payorch.dev/problems/server-busy")
+        assert b"retry-after: 1\r\n" in answer
+        release.set()
+        assert busy.recv(65_536).startswith(b"HTTP/1.1 200"), "the request within the limit is served"
+    finally:
+        release.set()
+        running.should_exit = True
+        thread.join(10)
