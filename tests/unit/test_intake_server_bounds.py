@@ -10,6 +10,7 @@ import json
 import socket
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 import uvicorn
@@ -27,25 +28,33 @@ async def hello(scope, receive, send):
     await send({"type": "http.response.body", "body": b"hello"})
 
 
-@pytest.fixture(scope="module")
-def server():
+@contextmanager
+def serving(app, *, header_read_timeout_s: float = HEAD_TIMEOUT_S, **config):
+    """A real uvicorn with the intake's bounded protocol on a free port, in a thread."""
     probe = socket.socket()
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
     probe.close()
-    config = uvicorn.Config(hello, host="127.0.0.1", port=port, log_level="error", lifespan="off",
-                            timeout_keep_alive=5,
-                            http=bounded_protocol(header_read_timeout_s=HEAD_TIMEOUT_S, max_head_bytes=MAX_HEAD_BYTES))
-    running = uvicorn.Server(config)
+    running = uvicorn.Server(uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="error", lifespan="off",
+        http=bounded_protocol(header_read_timeout_s=header_read_timeout_s, max_head_bytes=MAX_HEAD_BYTES), **config))
     thread = threading.Thread(target=running.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not running.started:
         assert time.monotonic() < deadline, "the server did not start"
         time.sleep(0.02)
-    yield port
-    running.should_exit = True
-    thread.join(10)
+    try:
+        yield port
+    finally:
+        running.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def server():
+    with serving(hello, timeout_keep_alive=5) as port:
+        yield port
 
 
 def connect(port: int) -> socket.socket:
@@ -144,6 +153,14 @@ def test_a_request_that_is_not_http_gets_400_problem_json(server):
     assert (status, body["type"]) == (400, "https://payorch.dev/problems/malformed-request")
 
 
+@contextmanager
+def _released(event: threading.Event):
+    try:
+        yield
+    finally:
+        event.set()
+
+
 def test_a_request_past_the_connection_limit_gets_503_server_busy_in_problem_json():
     release = threading.Event()
 
@@ -155,19 +172,8 @@ def test_a_request_past_the_connection_limit_gets_503_server_busy_in_problem_jso
                 await asyncio.sleep(0.01)
         await hello(scope, receive, send)
 
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    config = uvicorn.Config(slow, host="127.0.0.1", port=port, log_level="error", lifespan="off",
-                            limit_concurrency=2,
-                            http=bounded_protocol(header_read_timeout_s=10, max_head_bytes=MAX_HEAD_BYTES))
-    running = uvicorn.Server(config)
-    thread = threading.Thread(target=running.run, daemon=True)
-    thread.start()
-    while not running.started:
-        time.sleep(0.02)
-    try:
+    # Released however the test ends, so the server can stop.
+    with serving(slow, header_read_timeout_s=10, limit_concurrency=2) as port, _released(release):
         busy = connect(port)
         busy.sendall(b"GET /slow HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         time.sleep(0.2)  # the first request is being served: one connection, one task
@@ -179,7 +185,3 @@ def test_a_request_past_the_connection_limit_gets_503_server_busy_in_problem_jso
         assert b"retry-after: 1\r\n" in answer
         release.set()
         assert busy.recv(65_536).startswith(b"HTTP/1.1 200"), "the request within the limit is served"
-    finally:
-        release.set()
-        running.should_exit = True
-        thread.join(10)
