@@ -104,11 +104,6 @@ class StateUnit:
             for result in [_committer().submit(conn.execute, "COMMIT") for conn in stores]:
                 result.result()
 
-    def rollback(self) -> None:
-        stores, self._open = self._open, []
-        for conn in stores:
-            conn.execute("ROLLBACK")
-
 
 _active_unit: ContextVar[StateUnit | None] = ContextVar("payorch_state_unit", default=None)
 _committer_pool: ThreadPoolExecutor | None = None

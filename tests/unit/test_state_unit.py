@@ -68,17 +68,6 @@ def test_a_failed_batch_in_a_unit_rolls_back_alone(tmp_path):
     assert keys(tmp_path / "a.sqlite") == ["after", "kept"]
 
 
-def test_a_rolled_back_unit_leaves_nothing(tmp_path):
-    a = store(tmp_path / "a.sqlite")
-    unit = StateUnit()
-    with unit.active():
-        insert(a, "never")
-    unit.rollback()
-    assert keys(tmp_path / "a.sqlite") == []
-    insert(a, "later")  # the store is usable again outside any unit
-    assert keys(tmp_path / "a.sqlite") == ["later"]
-
-
 def test_a_unit_commits_what_it_holds_before_waiting_for_a_store_another_writer_holds(tmp_path):
     a, b = store(tmp_path / "a.sqlite"), store(tmp_path / "b.sqlite")
     replica = sqlite3.connect(tmp_path / "b.sqlite", isolation_level=None)
