@@ -13,8 +13,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from orchestrator.domain import Account, Agent, Party, Payment
-from orchestrator.events import EVENT_TYPES, Event, EventCodec, UndecodableEvent, derive_event, received_event
+from orchestrator.domain import Account, Agent, Party, Payment, payment_from_record, payment_to_record
+from orchestrator.events import (EVENT_TYPES, Event, EventCodec, UndecodableEvent, derive_event, received_event,
+                                 split_union)
 from orchestrator.settings import REPO_ROOT
 
 SCHEMAS = REPO_ROOT / "schemas"
@@ -194,3 +195,94 @@ def test_an_event_is_encoded_once_and_a_changed_copy_anew():
     # Bytes of an older writer are never re-sent as they are: the current writer encodes anew.
     older = EventCodec(SCHEMAS, writer_version=VERSIONS[0]).encode(event)
     assert codec.encode(codec.decode(older))[2:10] == codec.writer.fingerprint
+
+
+# The payment record is encoded and decoded once per process (PaymentBytesCache); every
+# test below holds that path to the whole-record codec, byte for byte and value for value.
+
+def whole_record_bytes(codec: EventCodec, event: Event) -> bytes:
+    return codec.write({
+        "event_id": event.event_id, "event_type": event.event_type, "schema_version": codec.writer.version,
+        "occurred_at": event.occurred_at, "correlation_id": event.correlation_id,
+        "causation_id": event.causation_id, "tenant_id": event.tenant_id, "region": event.region,
+        "traceparent": event.traceparent, "stage": event.stage, "payment": payment_to_record(event.payment),
+        "payload": (f"payorch.events.{event.event_type}", event.payload)})
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_events_encoded_around_a_known_payment_are_the_whole_records_bytes(version: int):
+    codec = EventCodec(SCHEMAS, writer_version=version, reader_version=version)
+    events = [e for e in sample_events(purpose_code=None if version == 1 else "SALA")
+              if e.event_type in codec.event_types(version)]
+    first = codec.encode(events[0])
+    assert len(codec.payments) == 1  # the payment's bytes are kept ...
+    for event in events:
+        # ... and reused for every later event of the payment (the same Payment object)
+        assert codec.encode(event) == whole_record_bytes(codec, event)
+    assert first == whole_record_bytes(codec, events[0])
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_events_decoded_around_a_known_payment_equal_the_whole_records_values(version: int):
+    writer = EventCodec(SCHEMAS, writer_version=version, reader_version=version)
+    events = [e for e in sample_events(purpose_code=None if version == 1 else "SALA")
+              if e.event_type in writer.event_types(version)]
+    data = [writer.encode(e) for e in events]
+    reader = EventCodec(SCHEMAS, writer_version=version, reader_version=version)
+    decoded = [reader.decode(d) for d in data]  # the first reads the payment, the rest reuse it
+    assert decoded == events
+    assert all(d.payment is decoded[0].payment for d in decoded)
+    for d, raw in zip(decoded, data):
+        _, record = reader.read(raw)
+        assert payment_from_record(record["payment"]) == d.payment
+        assert split_union(record["payload"])[1] == d.payload
+        assert record["occurred_at"] == d.occurred_at and str(record["event_id"]) == d.event_id
+
+
+def test_a_changed_payment_is_read_and_written_anew_not_taken_from_the_cache():
+    import dataclasses
+
+    codec = EventCodec(SCHEMAS)
+    original, later = sample_events()[0], sample_events()[6]
+    assert codec.decode(codec.encode(original)).payment.amount_minor == 12550
+    # Same payment id, other amount: bytes at the payment's offset differ from the kept ones.
+    richer = dataclasses.replace(later, payment=dataclasses.replace(later.payment, amount_minor=99_999))
+    data = codec.encode(richer)
+    assert data == whole_record_bytes(codec, richer)
+    fresh = EventCodec(SCHEMAS)
+    fresh.decode(codec.encode(original))
+    assert fresh.decode(data).payment.amount_minor == 99_999
+    assert fresh.decode(data).payload == richer.payload
+
+
+def test_a_corrupt_envelope_around_a_known_payment_is_undecodable():
+    codec = EventCodec(SCHEMAS)
+    events = sample_events()
+    codec.decode(codec.encode(events[0]))
+    data = codec.encode(events[6])
+    with pytest.raises(UndecodableEvent):
+        codec.decode(data[:-3])  # the payload cut short, after the kept payment bytes
+    # the payload's union index (the first byte after the payment) names no branch
+    import io
+
+    import fastavro
+
+    tail = io.BytesIO()
+    fastavro.schemaless_writer(tail, codec._parts[codec.writer.version].tail,
+                               {"payload": (f"payorch.events.{events[6].event_type}", events[6].payload)})
+    at = len(data) - len(tail.getvalue())
+    with pytest.raises(UndecodableEvent):
+        codec.decode(data[:at] + b"\x7e" + data[at + 1:])
+
+
+def test_the_payment_bytes_cache_is_bounded_oldest_first():
+    from orchestrator.events import PaymentBytesCache, _CachedPayment
+
+    cache = PaymentBytesCache(max_entries=3)
+    payment = sample_payment()
+    for key in "abcd":
+        cache.put(key, _CachedPayment(3, key.encode(), payment))
+    assert len(cache) == 3 and cache.get("a") is None and cache.get("d").data == b"d"
+    cache.put("b", _CachedPayment(3, b"b2", payment))  # a refreshed entry becomes the newest
+    cache.put("e", _CachedPayment(3, b"e", payment))
+    assert cache.get("c") is None and cache.get("b").data == b"b2"
