@@ -64,6 +64,8 @@ from typing import Any, Literal
 import anyio.to_thread
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
+from starlette._utils import get_route_path  # how Starlette's router sees the path
+from starlette.types import Receive, Scope, Send
 from lxml import etree
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -625,6 +627,31 @@ def _readable_message_id(root: etree._Element) -> str | None:
     return None
 
 
+class _SimulatorApp(FastAPI):
+    """FastAPI, with the submission endpoint served ahead of FastAPI's per-request layers
+    (middleware stack, router, dependency machinery): they cost about a sixth of the
+    simulator's CPU per payment, on the cores the orchestrator shares with it locally.
+    Every other request, and any other method on a submission path, goes through FastAPI,
+    which also documents the route."""
+
+    _SUBMISSION_PREFIX, _SUBMISSION_SUFFIX = "/rails/", "/pacs008"
+
+    def __init__(self, submit, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._submit = submit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path = get_route_path(scope)
+            rail = path[len(self._SUBMISSION_PREFIX):-len(self._SUBMISSION_SUFFIX)]
+            if (path.startswith(self._SUBMISSION_PREFIX) and path.endswith(self._SUBMISSION_SUFFIX)
+                    and rail and "/" not in rail):
+                response = await self._submit(rail, Request(scope, receive, send))
+                await response(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
 def create_simulator_app(
     tenants: dict[str, TenantConfig],
     *,
@@ -637,21 +664,10 @@ def create_simulator_app(
     simulator = ClearingSimulator(
         tenants, seed=seed, max_transactions=max_transactions, max_document_bytes=max_document_bytes, rails=rails
     )
-    app = FastAPI(
-        title="payorch CLEARING SIMULATOR",
-        description="Local/test stand-in for instant-payment clearing systems. Never use in production.",
-        version="1",
-    )
-    app.state.simulator = simulator
 
     def unknown_rail(rail: str) -> JSONResponse:
         return _problem(404, "unknown-rail", "Unknown rail", f"no rail named {rail!r} is simulated here")
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "service": "clearing-simulator", "rails": sorted(simulator.rails)}
-
-    @app.post("/rails/{rail}/pacs008")
     async def submit_pacs008(rail: str, request: Request) -> Response:
         if rail not in simulator.rails:
             return unknown_rail(rail)
@@ -681,6 +697,19 @@ def create_simulator_app(
                 return too_large
             chunks.append(chunk)
         return await simulator.submit(rail, b"".join(chunks))
+
+    app = _SimulatorApp(
+        submit_pacs008,
+        title="payorch CLEARING SIMULATOR",
+        description="Local/test stand-in for instant-payment clearing systems. Never use in production.",
+        version="1",
+    )
+    app.state.simulator = simulator
+    app.post("/rails/{rail}/pacs008")(submit_pacs008)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "service": "clearing-simulator", "rails": sorted(simulator.rails)}
 
     @app.post("/admin/rails/{rail}/outage")
     async def outage(rail: str, request: OutageRequest) -> Response:

@@ -460,3 +460,13 @@ def _simulator_remembering(count: int, start: datetime, *, max_transactions: int
             transaction_id=None, amount_minor=100 + i, currency="AUD", status=status, original_message_id="M",
             response_message_id="R", settled_at=settled_at))
     return simulator
+
+
+def test_the_direct_submission_route_leaves_other_methods_and_paths_to_fastapi(client: TestClient) -> None:
+    # Served ahead of FastAPI; anything that is not POST /rails/<one segment>/pacs008 is not.
+    assert client.get("/rails/fednow/pacs008").status_code == 405
+    assert client.post("/rails/fed/now/pacs008", content=b"<x/>",
+                       headers={"content-type": "application/xml"}).status_code == 404
+    assert client.post("/rails//pacs008", content=b"<x/>", headers={"content-type": "application/xml"}).status_code == 404
+    documented = client.get("/openapi.json").json()["paths"]
+    assert "post" in documented["/rails/{rail}/pacs008"]
