@@ -87,6 +87,8 @@ class Event:
     # event, and the runtime that then produces it, encode it once between them. Never
     # copied by dataclasses.replace (init=False), so a changed event is encoded anew.
     wire: bytes | None = field(default=None, init=False, compare=False, repr=False)
+    # Where the fields after `payment` begin in `wire`, when the codec knows it.
+    wire_tail_at: int | None = field(default=None, init=False, compare=False, repr=False)
 
     @property
     def payment_id(self) -> str:
@@ -350,14 +352,46 @@ class EventCodec(SchemaFamily):
     def encode(self, event: Event) -> bytes:
         if event.wire is not None and event.wire[2:_HEADER_BYTES] == self.writer.fingerprint:
             return event.wire
-        data = self._encode(event)
+        data, tail_at = self._encode(event)
         object.__setattr__(event, "wire", data)
+        object.__setattr__(event, "wire_tail_at", tail_at)
         return data
 
-    def _encode(self, event: Event) -> bytes:
+    def as_read(self, event: Event) -> Event:
+        """The event a reader of this codec's encoding of `event` decodes: what a hosted
+        stage is handed, so it sees exactly what a consumer of the topic would. Only the
+        fields after `payment` (the payload, whose defaults and types the schema decides)
+        are read back from the bytes; the envelope's fields before it are strings and a
+        UTC timestamp that Avro carries unchanged, and the payment is the one whose bytes
+        were written. Anything else is decoded in full."""
+        data = self.encode(event)
+        tail_at = event.wire_tail_at
+        parts = self._parts.get(self.writer.version)
+        if (tail_at is None or parts is None or self.writer is not self.reader or event.occurred_at.tzinfo is not UTC
+                or not _is_canonical_uuid(event.event_id)):
+            return self.decode(data)
+        try:
+            tail = fastavro.schemaless_reader(io.BytesIO(data[tail_at:]), parts.tail, None, **_READ_FLAGS)
+        except Exception as exc:  # fastavro raises several types for corrupt bodies
+            raise UndecodableEvent(f"corrupt Avro body for {self.family} schema v{self.writer.version}: {exc!r}"
+                                   ) from exc
+        payload_name, payload = split_union(tail["payload"])
+        if payload_name != event.event_type:
+            raise UndecodableEvent(f"payload {payload_name} does not match event_type {event.event_type}")
+        handed = Event(
+            event_id=event.event_id, event_type=event.event_type, occurred_at=event.occurred_at,
+            correlation_id=event.correlation_id, causation_id=event.causation_id, tenant_id=event.tenant_id,
+            region=event.region, traceparent=event.traceparent, stage=event.stage, payment=event.payment,
+            payload=payload, schema_version=self.writer.version)
+        object.__setattr__(handed, "wire", data)
+        object.__setattr__(handed, "wire_tail_at", tail_at)
+        return handed
+
+    def _encode(self, event: Event) -> tuple[bytes, int | None]:
+        """The event's bytes, and where its fields after `payment` begin in them."""
         parts = self._parts.get(self.writer.version)
         if parts is None:
-            return self._encode_whole(event)
+            return self._encode_whole(event), None
         buffer = io.BytesIO()
         buffer.write(SINGLE_OBJECT_MAGIC)
         buffer.write(self.writer.fingerprint)
@@ -382,9 +416,10 @@ class EventCodec(SchemaFamily):
             data = payment_bytes.getvalue()
             self.payments.put(event.correlation_id, _CachedPayment(self.writer.version, data, event.payment))
             buffer.write(data)
+        tail_at = buffer.tell()
         fastavro.schemaless_writer(buffer, parts.tail,
                                    {"payload": (f"payorch.events.{event.event_type}", event.payload)})
-        return buffer.getvalue()
+        return buffer.getvalue(), tail_at
 
     def _encode_whole(self, event: Event) -> bytes:
         record = {
@@ -408,11 +443,12 @@ class EventCodec(SchemaFamily):
     def decode(self, data: bytes) -> Event:
         version = self.writer_version_of(data)
         parts = self._parts.get(version) if version == self.reader.version else None
+        tail_at = None
         if parts is None:
             version, record = self.read(data)
             payment = payment_from_record(record["payment"])
         else:
-            record, payment = self._read_in_parts(data, version, parts)
+            record, payment, tail_at = self._read_in_parts(data, version, parts)
         _, payload = split_union(record["payload"])
         event_type = record["event_type"]
         occurred_at = record["occurred_at"]
@@ -431,9 +467,10 @@ class EventCodec(SchemaFamily):
             schema_version=version,
         )
         object.__setattr__(event, "wire", data)
+        object.__setattr__(event, "wire_tail_at", tail_at)
         return event
 
-    def _read_in_parts(self, data: bytes, version: int, parts: _EnvelopeParts) -> tuple[dict, Payment]:
+    def _read_in_parts(self, data: bytes, version: int, parts: _EnvelopeParts) -> tuple[dict, Payment, int]:
         """The envelope's fields and its payment, reading the payment's bytes only when
         they are not the ones this codec last saw for the payment."""
         body = io.BytesIO(data)
@@ -450,13 +487,22 @@ class EventCodec(SchemaFamily):
                 payment_record = fastavro.schemaless_reader(body, parts.payment, None, **_READ_FLAGS)
                 payment = payment_from_record(payment_record)
                 self.payments.put(key, _CachedPayment(version, data[start:body.tell()], payment))
+            tail_at = body.tell()
             record.update(fastavro.schemaless_reader(body, parts.tail, None, **_READ_FLAGS))
         except Exception as exc:  # fastavro raises several types for corrupt bodies
             raise UndecodableEvent(f"corrupt Avro body for {self.family} schema v{version}: {exc!r}") from exc
         payload_name, _ = split_union(record["payload"])
         if payload_name != record["event_type"]:
             raise UndecodableEvent(f"payload {payload_name} does not match event_type {record['event_type']}")
-        return record, payment
+        return record, payment, tail_at
+
+
+def _is_canonical_uuid(value: str) -> bool:
+    """Whether `value` reads back unchanged through the schema's uuid logical type."""
+    try:
+        return str(uuid.UUID(value)) == value
+    except (ValueError, TypeError, AttributeError):
+        return False
 
 
 def split_union(value: Any) -> tuple[str, dict]:

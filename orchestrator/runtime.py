@@ -992,7 +992,7 @@ class StageRunner:
                 value = self.codec.encode(event)
                 source = HandedOver(self.namer.topic(event.tenant_id, output_topic), event.payment_id.encode(), value,
                                     event_headers(event, self.codec.writer.version))
-                handed = self.codec.decode(value)
+                handed = self.codec.as_read(event)
                 taken_by[event.event_id] = [h.name for h in takers]
                 if inbox is None:
                     inbox = {h.name: ([], []) for h in self.handlers}

@@ -286,3 +286,40 @@ def test_the_payment_bytes_cache_is_bounded_oldest_first():
     cache.put("b", _CachedPayment(3, b"b2", payment))  # a refreshed entry becomes the newest
     cache.put("e", _CachedPayment(3, b"e", payment))
     assert cache.get("c") is None and cache.get("b").data == b"b2"
+
+
+def test_an_event_as_read_is_what_decoding_its_bytes_gives():
+    codec = EventCodec(SCHEMAS)
+    for event in sample_events():
+        handed = codec.as_read(event)
+        decoded = EventCodec(SCHEMAS).decode(codec.encode(event))
+        assert handed == decoded and handed.payload == decoded.payload
+        assert handed.schema_version == decoded.schema_version == codec.writer.version
+        assert handed.wire == decoded.wire == codec.encode(event) and handed.wire_tail_at == decoded.wire_tail_at
+        assert handed.payment is event.payment
+        assert type(handed.occurred_at.tzinfo) is type(decoded.occurred_at.tzinfo)
+
+
+def test_as_read_fills_and_converts_the_payload_as_the_schema_says():
+    root = sample_events()[0]
+    at = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+    # The stage left out an optional field and gave an int for a double.
+    screened = derive_event(root, "SanctionsScreened", "sanctions", {"outcome": "CLEAR", "best_score": 12},
+                            occurred_at=at, region="x")
+    handed = EventCodec(SCHEMAS).as_read(screened)
+    assert handed.payload == {"outcome": "CLEAR", "best_score": 12.0, "matched_list": None,
+                              "matched_entry_id": None, "matched_party": None}
+    assert isinstance(handed.payload["best_score"], float)
+
+
+def test_as_read_decodes_in_full_what_avro_would_not_carry_unchanged():
+    import dataclasses
+    from datetime import timedelta, timezone
+
+    codec = EventCodec(SCHEMAS)
+    event = sample_events()[6]
+    elsewhere = dataclasses.replace(event, occurred_at=event.occurred_at.astimezone(timezone(timedelta(hours=2))))
+    handed = codec.as_read(elsewhere)
+    assert handed.occurred_at.tzinfo is UTC and handed.occurred_at == elsewhere.occurred_at
+    upper = dataclasses.replace(event, event_id=event.event_id.upper())
+    assert codec.as_read(upper).event_id == event.event_id  # the uuid type's canonical form
