@@ -174,6 +174,8 @@ def _shared(resources: dict, outputs: dict) -> None:
     outputs["AlarmTopicArn"] = {"Value": ref("AlarmTopic"),
                                 "Description": "Subscribe operators here: lag and unhealthy-task alarms."}
     outputs["ClusterName"] = {"Value": ref("Cluster")}
+    outputs["TaskSecurityGroupId"] = {"Value": ref("TaskSecurityGroup"),
+                                      "Description": "for `aws ecs run-task` of the operator task definition"}
     # Security groups: tasks reach MSK (9098), EFS (2049) and AWS APIs and the clearing
     # systems over HTTPS (443, through the VPC's NAT or endpoints); nothing reaches a task
     # but the NLB on the intake's port.
