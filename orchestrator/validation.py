@@ -43,6 +43,12 @@ MAX_ACCOUNT_NUMBER_CHARS = 34
 MAX_AMOUNT_DIGITS = 18
 # How far ahead a payment may be scheduled, in days after `today`.
 MAX_EXECUTION_DATE_AHEAD_DAYS = 30
+# A customer's pain.001 whose requested execution date has passed by at most this many
+# days is executed today, as banks treat an instruction that reached them late; an older
+# one is refused as stale (invalid_execution_date), since a file sent again weeks later
+# must not pay. Interbank messages (pacs.008) and JSON requests get no such grace: their
+# senders name a date they can still change, so a past one is refused.
+LATE_INSTRUCTION_GRACE_DAYS = 5
 
 # Distinct IBANs / BICs / bank codes whose verdict is kept; bounded so memory stays flat.
 _VALUE_CACHE_ENTRIES = 65_536
@@ -353,6 +359,22 @@ def _check_bic(party: Party, role: str, problems: list[ValidationProblem]) -> No
     detail = bic_problem(bic) if isinstance(bic, str) else "BIC must be text"
     if detail:
         problems.append(ValidationProblem(ReasonCode.invalid_bic, f"{role}.agent.bic", detail))
+
+
+def execute_late_instruction_today(payment: Payment, today: date) -> Payment:
+    """A pain.001 payment whose requested execution date passed within
+    LATE_INSTRUCTION_GRACE_DAYS, dated today; any other payment unchanged (the same object)."""
+    if not payment.source_format.startswith("pain.001") or not isinstance(payment.requested_execution_date, str):
+        return payment
+    if not _ISO_DATE_RE.fullmatch(payment.requested_execution_date):
+        return payment
+    try:
+        requested = date.fromisoformat(payment.requested_execution_date)
+    except ValueError:
+        return payment  # validation names the problem
+    if today - timedelta(days=LATE_INSTRUCTION_GRACE_DAYS) <= requested < today:
+        return payment.replace(requested_execution_date=today.isoformat())
+    return payment
 
 
 def _check_execution_date(value: str | None, today: date, problems: list[ValidationProblem]) -> None:

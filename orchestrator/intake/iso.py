@@ -10,6 +10,7 @@ the same payments and moves money once.
 
 from __future__ import annotations
 
+import logging
 from datetime import date
 
 from lxml import etree
@@ -28,7 +29,9 @@ from orchestrator.domain import Payment
 from orchestrator.events import deterministic_uuid4
 from orchestrator.intake.problems import Problem
 from orchestrator.tenants import TenantConfig
-from orchestrator.validation import normalise_payment, validate_payment
+from orchestrator.validation import execute_late_instruction_today, normalise_payment, validate_payment
+
+log = logging.getLogger("payorch.intake.iso")
 
 _PROBLEM_KIND_OF_ISO_TYPE = {
     "schema-violation": "schema-violation",
@@ -82,6 +85,13 @@ def build_iso_payments(body: bytes, tenant: TenantConfig, max_transactions: int,
     today = date.today()
     for index, payment in enumerate(parsed):
         payment = normalise_payment(payment.replace(tenant_id=tenant.tenant_id))
+        dated = execute_late_instruction_today(payment, today)
+        if dated is not payment:
+            log.info("requested execution date %s has passed: executing the instruction today, %s",
+                     payment.requested_execution_date, dated.requested_execution_date,
+                     extra={"payment_id": payment.payment_id, "correlation_id": payment.payment_id,
+                            "tenant_id": tenant.tenant_id})
+            payment = dated
         problems = validate_payment(payment, tenant, today=today)
         if problems:
             failures.append({"transaction_index": index, "end_to_end_id": payment.end_to_end_id,

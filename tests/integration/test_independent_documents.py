@@ -73,14 +73,15 @@ def assert_settled_with_end_to_end_ids(system: System, tenant: str, payment_ids:
 # -- sepaxml: pain.001 --------------------------------------------------------------
 
 
-def sepaxml_pain001(schema: str, end_to_end_ids: list[str] | None) -> bytes:
-    """A batch pain.001 from one debtor to SEPA_CREDITORS, executed today; without
-    end-to-end ids sepaxml writes the SEPA placeholder NOTPROVIDED."""
+def sepaxml_pain001(schema: str, end_to_end_ids: list[str] | None, execution_date: date | None = None) -> bytes:
+    """A batch pain.001 from one debtor to SEPA_CREDITORS, executed today (or on
+    `execution_date`); without end-to-end ids sepaxml writes the SEPA placeholder NOTPROVIDED."""
     from sepaxml import SepaTransfer
 
     transfer = SepaTransfer({**DEBTOR, "batch": True, "currency": "EUR"}, schema=schema, clean=True)
     for index, (name, iban, bic, cents) in enumerate(SEPA_CREDITORS):
-        payment = {"name": name, "IBAN": iban, "BIC": bic, "amount": cents, "execution_date": date.today(),
+        payment = {"name": name, "IBAN": iban, "BIC": bic, "amount": cents,
+                   "execution_date": execution_date or date.today(),
                    "description": f"Invoice {index + 1}"}
         if end_to_end_ids is not None:
             payment["endtoend_id"] = end_to_end_ids[index]
@@ -98,6 +99,24 @@ def test_sepaxml_pain001_batch_settles_every_transaction(system, schema):
 
     payment_ids = post_document(system, "emea", document)
     assert_settled_with_end_to_end_ids(system, "emea", payment_ids, end_to_end_ids)
+
+
+def test_a_pain001_that_reached_us_after_its_execution_date_is_executed_today(system):
+    from datetime import timedelta
+
+    from orchestrator.validation import LATE_INSTRUCTION_GRACE_DAYS
+
+    end_to_end_ids = [unique_end_to_end_id("LATE") for _ in SEPA_CREDITORS]
+    late = sepaxml_pain001("pain.001.001.09", end_to_end_ids, execution_date=date.today() - timedelta(days=2))
+    payment_ids = post_document(system, "emea", late)
+    assert_settled_with_end_to_end_ids(system, "emea", payment_ids, end_to_end_ids)
+    # Past the grace, the instruction is stale: refused whole, nothing accepted.
+    stale = sepaxml_pain001("pain.001.001.09", [unique_end_to_end_id("STALE") for _ in SEPA_CREDITORS],
+                            execution_date=date.today() - timedelta(days=LATE_INSTRUCTION_GRACE_DAYS + 1))
+    answer = httpx.post(f"{system.base_url}/v1/payments/iso20022", content=stale,
+                        headers={**ISO_HEADERS, **system.auth("emea")}, timeout=30)
+    assert answer.status_code == 422, answer.text
+    assert {e["reason_code"] for e in answer.json()["errors"]} == {"invalid_execution_date"}
 
 
 def test_sepaxml_pain001_batch_without_end_to_end_ids_settles_every_transaction(system):

@@ -12,10 +12,12 @@ from orchestrator.domain import Account, Agent, Party, Payment
 from orchestrator.reasons import ReasonCode
 from orchestrator.tenants import load_tenants
 from orchestrator.validation import (
+    LATE_INSTRUCTION_GRACE_DAYS,
     MAX_EXECUTION_DATE_AHEAD_DAYS,
     ValidationProblem,
     bank_code_is_valid,
     eligible_rails,
+    execute_late_instruction_today,
     iban_problem,
     limit_minor_units,
     normalise_payment,
@@ -602,3 +604,33 @@ def test_a_non_uk_iban_in_sterling_still_needs_a_uk_account():
     payment = normalise_payment(to_uk_iban(sample_for("fps"), iban="DE89370400440532013000"))
     assert payment.creditor.account == Account(iban="DE89370400440532013000")
     assert [code for code, _ in problems_of(payment)] == [ReasonCode.no_rail_for_payment]
+
+
+# --------------------------------------------------------------------------- late instructions
+
+
+@pytest.mark.parametrize("days_late", [1, LATE_INSTRUCTION_GRACE_DAYS])
+def test_a_late_pain001_instruction_is_executed_today(days_late: int) -> None:
+    late = make_payment(requested_execution_date=(TODAY - timedelta(days=days_late)).isoformat(),
+                        source_format="pain.001.001.09")
+    dated = execute_late_instruction_today(late, TODAY)
+    assert dated.requested_execution_date == TODAY.isoformat()
+    assert dated.replace(requested_execution_date=late.requested_execution_date) == late  # nothing else moved
+    assert problems_of(dated) == []
+
+
+@pytest.mark.parametrize("source_format, when", [
+    ("pain.001.001.03", TODAY - timedelta(days=LATE_INSTRUCTION_GRACE_DAYS + 1)),  # stale: refused, not executed
+    ("json", TODAY - timedelta(days=1)),  # the sender can change the date: refused
+    ("pacs.008.001.08", TODAY - timedelta(days=1)),  # an interbank settlement date: refused
+])
+def test_only_a_recent_late_pain001_is_dated_today_the_rest_stays_refused(source_format: str, when: date) -> None:
+    payment = make_payment(requested_execution_date=when.isoformat(), source_format=source_format)
+    assert execute_late_instruction_today(payment, TODAY) is payment
+    assert problems_of(payment) == [(ReasonCode.invalid_execution_date, "requested_execution_date")]
+
+
+def test_today_a_future_date_or_none_is_left_as_it_is() -> None:
+    for when in (TODAY.isoformat(), (TODAY + timedelta(days=3)).isoformat(), None, "2026-02-30", "soon"):
+        payment = make_payment(requested_execution_date=when, source_format="pain.001.001.09")
+        assert execute_late_instruction_today(payment, TODAY) is payment
