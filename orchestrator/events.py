@@ -271,7 +271,8 @@ class _CachedPayment:
 class PaymentBytesCache:
     """The last encoding of each recent payment's `payment` record, by correlation id
     (the payment id), with the `Payment` it encodes. Bounded: the oldest entry goes first.
-    A lock, because the intake encodes from its event loop while a thread may too."""
+    Writes take a lock so that a codec shared by threads keeps a consistent order; a
+    read needs none (one dict lookup, and an entry is never changed once made)."""
 
     def __init__(self, max_entries: int = PAYMENT_BYTES_CACHE_MAX) -> None:
         self._entries: dict[str, _CachedPayment] = {}
@@ -301,8 +302,6 @@ class _EnvelopeParts:
     head: dict
     payment: dict
     tail: dict
-    head_fields: tuple[str, ...]
-    tail_fields: tuple[str, ...]
 
     @classmethod
     def of(cls, raw_schema: dict) -> _EnvelopeParts | None:
@@ -322,7 +321,7 @@ class _EnvelopeParts:
                                  "fields": fields[at + 1:]}, _force=True)
         except Exception:  # fastavro raises several types; a schema it cannot cut is read whole
             return None
-        return cls(head, payment, tail, tuple(names[:at]), tuple(names[at + 1:]))
+        return cls(head, payment, tail)
 
 
 class EventCodec(SchemaFamily):
