@@ -417,7 +417,7 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
 
     @app.post("/v1/payments/iso20022", status_code=202)
     async def post_iso20022(request: Request):
-        from orchestrator.intake.iso import build_iso_payments
+        from orchestrator.intake.iso import build_iso_payments, canonical_document
 
         tenant = tenant_of(request, SCOPE_SUBMIT)
         key = idempotency_key_of(request)
@@ -431,7 +431,12 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
                                           settings.intake.max_xml_body_bytes)
             return payments, payments[0].source_format, _accepted_document_body
 
-        return await accept(tenant, key, body_digest(body, "xml"), build, caller=request.state.credential.key_id)
+        # The same document however it is serialised (see canonical_document); answers
+        # stored before this identified a document by its raw bytes.
+        canonical = canonical_document(body, settings.intake.max_xml_body_bytes) if key is not None else None
+        digest = body_digest(canonical, "xml-c14n2") if canonical is not None else body_digest(body, "xml")
+        return await accept(tenant, key, digest, build, caller=request.state.credential.key_id,
+                            earlier_digest=body_digest(body, "xml"))
 
     @app.get("/v1/payments/{payment_id}")
     async def get_payment(payment_id: str, request: Request):

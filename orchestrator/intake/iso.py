@@ -68,6 +68,21 @@ def _derived_id(payment: Payment, message_id: str, index: int, tenant: TenantCon
         f"iso/{tenant.tenant_id}/{message_id}/{index}/{payment.end_to_end_id}"))
 
 
+def canonical_document(body: bytes, max_bytes: int) -> bytes | None:
+    """The document's content in one canonical form, or None when it is not a well-formed,
+    safe document (its refusal then comes from `build_iso_payments`). Canonical XML 2.0
+    with whitespace around text stripped and namespace prefixes rewritten: the encoding,
+    the XML declaration, attribute order and quoting, empty-element form, comments,
+    indentation and the prefixes a serialiser picked do not change it, so a client that
+    serialises its retry anew sends the same request. Text values are compared as they
+    are: another amount or name is another request."""
+    try:
+        root = parse_untrusted(body, max_bytes=max_bytes)
+        return etree.canonicalize(root, with_comments=False, strip_text=True, rewrite_prefixes=True).encode()
+    except IsoDocumentError:  # hostile or malformed: refused by build_iso_payments
+        return None
+
+
 def build_iso_payments(body: bytes, tenant: TenantConfig, max_transactions: int, max_bytes: int) -> list[Payment]:
     try:
         parsed = _parse(body, tenant, max_bytes)

@@ -70,13 +70,13 @@ def post(world: World, body, *, tenant: str | None = "emea", key: str | None = N
     return world.client.post("/v1/payments", content=content, headers=sent)
 
 
-def assert_problem(answer, status: int, kind: str) -> dict:
+def assert_problem(answer, status: int, kind: str, instance: str = "/v1/payments") -> dict:
     assert answer.status_code == status, answer.text
     assert answer.headers["content-type"] == PROBLEM
     problem = answer.json()
     assert problem["type"] == f"https://payorch.dev/problems/{kind}"
     assert problem["status"] == status and problem["title"] and problem["detail"]
-    assert problem["instance"] == "/v1/payments"
+    assert problem["instance"] == instance
     return problem
 
 
@@ -552,3 +552,65 @@ def test_a_key_over_its_submission_rate_gets_429_and_other_keys_do_not(tmp_path)
     assert limit.take("k", 1, now=0.1) is None
     assert limit.take("k", 5, now=100.0) is None and limit.take("k", 1, now=100.0) == 1
     assert limit.take("k", 50, now=200.0) is None  # a document larger than the burst, once the bucket is full
+
+
+def _pacs008(amount: str = "125.50") -> bytes:
+    import uuid as _uuid
+    from datetime import UTC, datetime
+
+    from adapters.iso20022.pacs008 import build_pacs008
+    from orchestrator.intake.models import CreditTransferIn
+    from orchestrator.validation import normalise_payment
+
+    body = {**sample_body("emea"), "amount": amount}
+    payment = normalise_payment(CreditTransferIn.model_validate(body).to_payment(
+        "6d1b0f9e-2c4a-4b8e-9f3d-7a5c1e0b2d44", "emea"))
+    return build_pacs008([payment], TENANTS["emea"].rails_by_name["sepa_inst"], message_id="MSG-LAYOUT-1",
+                         created_at=datetime(2026, 12, 6, 10, 0, tzinfo=UTC))
+
+
+def post_xml(world: World, document: bytes, key: str):
+    return world.client.post("/v1/payments/iso20022", content=document,
+                             headers={**world.auth("emea"), "Content-Type": "application/xml", "Idempotency-Key": key})
+
+
+def test_an_iso_document_serialised_anew_is_the_same_request(world):
+    from lxml import etree
+
+    document = _pacs008()
+    first = post_xml(world, document, "k-xml")
+    assert first.status_code == 202, first.text
+    root = etree.fromstring(document)
+    namespace = etree.QName(root).namespace
+    prefixed = etree.tostring(root).replace(f'xmlns="{namespace}"'.encode(), f'xmlns:p="{namespace}"'.encode())
+    prefixed = re.sub(rb"<(/?)([A-Za-z])", rb"<\1p:\2", prefixed)
+    layouts = [etree.tostring(root, pretty_print=True, xml_declaration=True, encoding="UTF-8"),
+               b"<!-- sent again by the client's retry job -->\n" + etree.tostring(root),
+               etree.tostring(root, encoding="UTF-16"),
+               prefixed]
+    for layout in layouts:
+        assert etree.QName(etree.fromstring(layout)).namespace == namespace  # the same document ...
+        again = post_xml(world, layout, "k-xml")
+        assert again.status_code == 202, again.text  # ... recognised, not refused as another body
+        assert again.json() == first.json() and again.headers["idempotent-replayed"] == "true"
+    assert len(world.producer.produced) == 1
+    # Another amount is another request, however it is laid out.
+    assert_problem(post_xml(world, etree.tostring(etree.fromstring(_pacs008("125.51")), pretty_print=True),
+                            "k-xml"), 422, "idempotency-key-reused", instance="/v1/payments/iso20022")
+
+
+def test_an_iso_answer_stored_under_the_raw_document_digest_is_still_recognised(world):
+    # Answers stored before canonical digests identified a document by its raw bytes.
+    from orchestrator.intake.app import body_digest
+
+    document = _pacs008()
+    first = post_xml(world, document, "k-raw")
+    assert first.status_code == 202, first.text
+    db = sqlite3.connect(world.settings.data_dir / "intake.sqlite")
+    db.execute("UPDATE idempotency SET body_sha256=? WHERE idempotency_key='k-raw'", (body_digest(document, "xml"),))
+    db.commit()
+    db.close()
+    again = post_xml(world, document, "k-raw")
+    assert again.status_code == 202 and again.json() == first.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    assert len(world.producer.produced) == 1
