@@ -328,12 +328,15 @@ class EventCodec(SchemaFamily):
     """Payment events: encodes with one writer version and decodes every version found
     in `schemas/`. Schemas are parsed once at construction and reused."""
 
-    def __init__(self, schemas_dir: Path, *, writer_version: int | None = None, reader_version: int | None = None):
+    def __init__(self, schemas_dir: Path, *, writer_version: int | None = None, reader_version: int | None = None,
+                 keep_payments: bool = True):
+        """`keep_payments=False` for a writer that only ever sees new payments (the intake):
+        it encodes whole records and keeps no payment bytes."""
         super().__init__(schemas_dir, "payment_event", writer_version=writer_version, reader_version=reader_version)
         # The cut is used for the writer's own version, and for reading events of the
         # reader's version (any other writer version needs Avro schema resolution).
         self._parts: dict[int, _EnvelopeParts] = {}
-        for version in {self.writer.version, self.reader.version}:
+        for version in {self.writer.version, self.reader.version} if keep_payments else ():
             raw = json.loads((schemas_dir / f"{self.family}.v{version}.avsc").read_text(encoding="utf-8"))
             parts = _EnvelopeParts.of(raw)
             if parts is not None:

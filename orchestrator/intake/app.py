@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from orchestrator.domain import MoneyError, Payment
-from orchestrator.events import deterministic_uuid4, received_event
+from orchestrator.events import EventCodec, deterministic_uuid4, received_event
 from orchestrator.flow_health import FlowHealth
 from orchestrator.intake.admission import AdmissionGate
 from orchestrator.intake.asgi import IntakeApp
@@ -157,13 +157,13 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        from orchestrator.bootstrap import make_codec
-
         # The producer gives up on a message when the intake gives up waiting, so an
         # unconfirmed payment is not delivered long after its 503.
         producer = make_producer(settings, "payorch-intake", overrides={
             "delivery.timeout.ms": int(settings.intake.publish_timeout_s * 1000)})
-        state["publisher"] = publisher or EventPublisher(producer, make_codec(settings), namer)
+        # Every payment is new here and none is read back, so the codec keeps no payment bytes.
+        codec = EventCodec(settings.schemas_dir, keep_payments=False)
+        state["publisher"] = publisher or EventPublisher(producer, codec, namer)
         state["idempotency"] = IdempotencyStore(settings.data_dir / "intake.sqlite")
         state["credentials"] = CredentialStore(settings.data_dir / CREDENTIALS_FILE)
         state["tracking"] = None

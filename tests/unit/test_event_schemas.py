@@ -323,3 +323,10 @@ def test_as_read_decodes_in_full_what_avro_would_not_carry_unchanged():
     assert handed.occurred_at.tzinfo is UTC and handed.occurred_at == elsewhere.occurred_at
     upper = dataclasses.replace(event, event_id=event.event_id.upper())
     assert codec.as_read(upper).event_id == event.event_id  # the uuid type's canonical form
+
+
+def test_a_codec_that_keeps_no_payments_writes_the_same_bytes_and_keeps_nothing():
+    writer, keeper = EventCodec(SCHEMAS, keep_payments=False), EventCodec(SCHEMAS)
+    for event in sample_events():
+        assert writer._encode(event)[0] == keeper._encode(event)[0] == whole_record_bytes(writer, event)
+    assert len(writer.payments) == 0 and len(keeper.payments) == 1
