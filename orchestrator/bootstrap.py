@@ -9,8 +9,7 @@ from __future__ import annotations
 from orchestrator.events import EventCodec
 from orchestrator.settings import Settings
 from orchestrator.tenants import TenantConfig, load_tenants
-
-STAGE_NAMES = ("initiation", "sanctions", "fraud", "routing", "execution", "ledger", "settlement", "tracking")
+from orchestrator.topics import STAGE_NAMES, in_flow_order
 
 
 def load_configured_tenants(settings: Settings) -> dict[str, TenantConfig]:
@@ -82,14 +81,3 @@ def run_stages(names: list[str], settings: Settings, *, instance_id: str = "0") 
     runner = StageRunner(handlers, settings, sorted(tenants), codec, instance_id=instance_id)
     runner.install_signal_handlers()
     runner.run()
-
-
-def in_flow_order(names: list[str]) -> list[str]:
-    """`names` checked and put in the flow's order (so one set of stages always gives one
-    process name, hence one consumer group)."""
-    unknown = [name for name in names if name not in STAGE_NAMES]
-    if unknown:
-        raise ValueError(f"unknown stage {unknown[0]!r}; stages are {', '.join(STAGE_NAMES)}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"a stage is named twice in {names}")
-    return [name for name in STAGE_NAMES if name in names]

@@ -15,6 +15,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from orchestrator.topics import STAGE_NAMES, in_flow_order
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -224,8 +226,6 @@ class Settings(BaseSettings):
     @field_validator("stage_processes")
     @classmethod
     def _every_stage_once(cls, plan: tuple[tuple[str, ...], ...]) -> tuple[tuple[str, ...], ...]:
-        from orchestrator.bootstrap import STAGE_NAMES, in_flow_order
-
         named = [stage for process in plan for stage in process]
         missing = [stage for stage in STAGE_NAMES if stage not in named]
         if missing:

@@ -1,8 +1,13 @@
-"""Topic names, from one template, and the map of which stage reads which topic."""
+"""Topic names, from one template, the stages in flow order, and the map of which stage
+writes which topic."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+# Every stage, in the order a payment meets them. One set of stages always gives one
+# process name (hence one consumer group) because it is put in this order.
+STAGE_NAMES = ("initiation", "sanctions", "fraud", "routing", "execution", "ledger", "settlement", "tracking")
 
 # The stage topics of the flow, in order. Each stage writes one of them for its payment
 # events; settlement also writes `cycles`, its cycle-level events (another schema family,
@@ -73,3 +78,14 @@ class TopicNamer:
         if not sep or stage_topic not in STAGE_TOPICS:
             return None
         return tenant, stage_topic
+
+
+def in_flow_order(names: list[str]) -> list[str]:
+    """`names` checked and put in the flow's order (so one set of stages always gives one
+    process name, hence one consumer group)."""
+    unknown = [name for name in names if name not in STAGE_NAMES]
+    if unknown:
+        raise ValueError(f"unknown stage {unknown[0]!r}; stages are {', '.join(STAGE_NAMES)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"a stage is named twice in {names}")
+    return [name for name in STAGE_NAMES if name in names]
