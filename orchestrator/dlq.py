@@ -23,16 +23,12 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from orchestrator.bootstrap import make_codec
 from orchestrator.events import UndecodableEvent
 from orchestrator.kafka_clients import make_admin, make_producer
-from orchestrator.runtime import (
-    DLQ_HEADER_PREFIX,
-    AckTracker,
-    ProduceFailed,
-    await_acks,
-)
+from orchestrator.runtime import AckTracker, ProduceFailed, await_acks
 from orchestrator.settings import Settings
 from orchestrator.stages.tracking import TERMINAL_STATUSES, TrackingStore
 from orchestrator.storage import open_sqlite
-from orchestrator.wire import HEADER_CORRELATION_ID, HEADER_TENANT_ID
+from orchestrator.wire import (DLQ_HEADER_PREFIX, HEADER_CORRELATION_ID, HEADER_DLQ_ERROR_CLASS, HEADER_DLQ_FAILED_AT,
+                               HEADER_DLQ_ORIGIN_TOPIC, HEADER_DLQ_STAGE, HEADER_TENANT_ID)
 from orchestrator.topics import STAGE_TOPICS, TopicNamer
 
 
@@ -52,13 +48,13 @@ class ReplayFilter:
     def matches(self, headers: dict[str, str], payment_id: str) -> bool:
         if self.tenant and headers.get(HEADER_TENANT_ID) != self.tenant:
             return False
-        if self.stage and headers.get(DLQ_HEADER_PREFIX + "stage") != self.stage:
+        if self.stage and headers.get(HEADER_DLQ_STAGE) != self.stage:
             return False
-        if self.error_class and headers.get(DLQ_HEADER_PREFIX + "error_class") != self.error_class:
+        if self.error_class and headers.get(HEADER_DLQ_ERROR_CLASS) != self.error_class:
             return False
         if self.payment_ids and payment_id not in self.payment_ids:
             return False
-        failed_at = headers.get(DLQ_HEADER_PREFIX + "failed_at", "")
+        failed_at = headers.get(HEADER_DLQ_FAILED_AT, "")
         if self.since and failed_at < datetime.fromisoformat(self.since).isoformat():
             return False
         if self.until and failed_at >= datetime.fromisoformat(self.until).isoformat():
@@ -159,8 +155,8 @@ class DeadLetters:
         counts: Counter = Counter()
         for message in self.messages():
             headers = _headers(message)
-            counts[(headers.get(HEADER_TENANT_ID, "?"), headers.get(DLQ_HEADER_PREFIX + "stage", "?"),
-                    headers.get(DLQ_HEADER_PREFIX + "error_class", "?"))] += 1
+            counts[(headers.get(HEADER_TENANT_ID, "?"), headers.get(HEADER_DLQ_STAGE, "?"),
+                    headers.get(HEADER_DLQ_ERROR_CLASS, "?"))] += 1
         return counts
 
     def show(self, ref: str, echo: Callable[[str], None]) -> int:
@@ -217,9 +213,9 @@ class DeadLetters:
                     continue
                 result.replayed += 1
                 if dry_run:
-                    echo(f"would replay {location} -> {headers.get(DLQ_HEADER_PREFIX + 'origin_topic')}")
+                    echo(f"would replay {location} -> {headers.get(HEADER_DLQ_ORIGIN_TOPIC)}")
                     continue
-                origin = headers[DLQ_HEADER_PREFIX + "origin_topic"]
+                origin = headers[HEADER_DLQ_ORIGIN_TOPIC]
                 original_headers = [(k, v) for k, v in (message.headers() or []) if not k.startswith(DLQ_HEADER_PREFIX)]
                 original_headers.append(("payorch.replayed_from", location.encode()))
                 producer.produce(origin, key=message.key(), value=message.value(), headers=original_headers,

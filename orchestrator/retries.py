@@ -2,9 +2,9 @@
 
 An event a stage cannot finish now goes to `<origin topic>.retry.<level>` with its
 original key, bytes and headers, plus `payorch.retry.*` headers (attempt, first failure,
-last error, due time, the stage that will retry it). Its partition moves on at once; the
-stage's runner reads the retry topic, and pauses a retry partition until its head event
-is due. Several stages read some topics (tracking reads all), so the `stage` header
+last error, due time, the stage that will retry it; orchestrator/wire.py names them).
+Its partition moves on at once; the stage's runner reads the retry topic, and pauses a
+retry partition until its head event is due. Several stages read some topics (tracking reads all), so the `stage` header
 names the one stage that retries the event; the others skip it.
 
 Two ways in:
@@ -25,15 +25,9 @@ from datetime import datetime
 from orchestrator.events import Event
 from orchestrator.settings import RetrySettings
 from orchestrator.topics import RETRY_INFIX
-
-RETRY_HEADER_PREFIX = "payorch.retry."
-H_STAGE = RETRY_HEADER_PREFIX + "stage"
-H_ATTEMPT = RETRY_HEADER_PREFIX + "attempt"
-H_FIRST_FAILED_AT = RETRY_HEADER_PREFIX + "first_failed_at"
-H_LAST_ERROR_CLASS = RETRY_HEADER_PREFIX + "last_error_class"
-H_LAST_ERROR = RETRY_HEADER_PREFIX + "last_error"
-H_DUE_AT_MS = RETRY_HEADER_PREFIX + "due_at_ms"
-H_ORIGIN_TOPIC = RETRY_HEADER_PREFIX + "origin_topic"
+from orchestrator.wire import (HEADER_RETRY_ATTEMPT, HEADER_RETRY_DUE_AT_MS, HEADER_RETRY_FIRST_FAILED_AT,
+                               HEADER_RETRY_LAST_ERROR, HEADER_RETRY_LAST_ERROR_CLASS, HEADER_RETRY_ORIGIN_TOPIC,
+                               HEADER_RETRY_STAGE, RETRY_HEADER_PREFIX)
 
 _ERROR_TEXT_MAX_CHARS = 1_000
 # Error codes of AWS services (DynamoDB) that say "try again later".
@@ -97,11 +91,11 @@ def retry_headers(
     """The original headers, without an earlier attempt's retry headers, plus this attempt's."""
     kept = [(k, v) for k, v in original if not k.startswith(RETRY_HEADER_PREFIX)]
     return kept + [
-        (H_STAGE, stage.encode()),
-        (H_ORIGIN_TOPIC, origin_topic.encode()),
-        (H_ATTEMPT, str(attempt).encode()),
-        (H_FIRST_FAILED_AT, first_failed_at.encode()),
-        (H_LAST_ERROR_CLASS, error_class.encode()),
-        (H_LAST_ERROR, error[:_ERROR_TEXT_MAX_CHARS].encode()),
-        (H_DUE_AT_MS, str(due_at_ms).encode()),
+        (HEADER_RETRY_STAGE, stage.encode()),
+        (HEADER_RETRY_ORIGIN_TOPIC, origin_topic.encode()),
+        (HEADER_RETRY_ATTEMPT, str(attempt).encode()),
+        (HEADER_RETRY_FIRST_FAILED_AT, first_failed_at.encode()),
+        (HEADER_RETRY_LAST_ERROR_CLASS, error_class.encode()),
+        (HEADER_RETRY_LAST_ERROR, error[:_ERROR_TEXT_MAX_CHARS].encode()),
+        (HEADER_RETRY_DUE_AT_MS, str(due_at_ms).encode()),
     ]

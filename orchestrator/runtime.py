@@ -70,12 +70,15 @@ from orchestrator.retries import RetryLater
 from orchestrator.settings import Settings
 from orchestrator.storage import StateUnit
 from orchestrator.topics import DLQ_SUFFIX, OUTPUT_TOPIC_OF_STAGE, TopicNamer
-from orchestrator.wire import (HEADER_CORRELATION_ID, HEADER_EVENT_TYPE, HEADER_HANDLED_BY, HEADER_TENANT_ID,
-                               event_headers)
+from orchestrator.wire import (HEADER_CORRELATION_ID, HEADER_DLQ_ATTEMPTS, HEADER_DLQ_ERROR_CLASS,
+                               HEADER_DLQ_ERROR_MESSAGE, HEADER_DLQ_FAILED_AT, HEADER_DLQ_ORIGIN_OFFSET,
+                               HEADER_DLQ_ORIGIN_PARTITION, HEADER_DLQ_ORIGIN_TOPIC, HEADER_DLQ_STAGE,
+                               HEADER_EVENT_TYPE, HEADER_HANDLED_BY, HEADER_RETRY_ATTEMPT, HEADER_RETRY_DUE_AT_MS,
+                               HEADER_RETRY_FIRST_FAILED_AT, HEADER_RETRY_ORIGIN_TOPIC, HEADER_RETRY_STAGE,
+                               HEADER_TENANT_ID, event_headers, header)
 
 log = logging.getLogger("payorch.runtime")
 
-DLQ_HEADER_PREFIX = "payorch.dlq."
 # A commit that fails with a retriable error (a coordinator moving, a timeout) is retried
 # this many times before the process gives up and restarts.
 TXN_COMMIT_ATTEMPTS_MAX = 3
@@ -261,15 +264,7 @@ class ProduceFailed(RuntimeError):
 
 
 def header_value(message: Message, name: str) -> str | None:
-    return _header(message.headers() or (), name)
-
-
-def _header(headers: Sequence[tuple[str, bytes | None]], name: str) -> str | None:
-    # confluent-kafka builds a new list on every `headers()` call: the hot loop reads it once.
-    for key, value in headers:
-        if key == name and value is not None:
-            return value.decode("utf-8", "replace")
-    return None
+    return header(message.headers() or (), name)
 
 
 def _without_handled_by(headers: Sequence[tuple[str, bytes | None]] | None) -> list[tuple[str, bytes | None]]:
@@ -800,11 +795,11 @@ class StageRunner:
             headers = message.headers() or ()
             if retries.is_retry_topic(message.topic()):
                 # A retry is meant for the one stage that asked for it.
-                retrying = self._handler_by_name.get(_header(headers, retries.H_STAGE) or "")
+                retrying = self._handler_by_name.get(header(headers, HEADER_RETRY_STAGE) or "")
                 if retrying is None:
                     self.stats.skipped += 1  # another stage's retry
                     continue
-                due_at_ms = int(_header(headers, retries.H_DUE_AT_MS) or 0)
+                due_at_ms = int(header(headers, HEADER_RETRY_DUE_AT_MS) or 0)
                 if due_at_ms > now_ms:
                     held[where] = message.offset()
                     self._hold_until_due(message, due_at_ms)
@@ -812,13 +807,13 @@ class StageRunner:
                 readers: tuple[StageHandler, ...] = (retrying,)
             else:
                 readers = self._readers.get(message.topic(), ())
-                handled_by = _header(headers, HEADER_HANDLED_BY)
+                handled_by = header(headers, HEADER_HANDLED_BY)
                 if handled_by is not None:
                     # Taken by these stages in the process (and transaction) that wrote it.
                     taken = handled_by.split(",")
                     readers = tuple(h for h in readers if h.name not in taken)
             self.stats.consumed += 1
-            event_type = _header(headers, HEADER_EVENT_TYPE)
+            event_type = header(headers, HEADER_EVENT_TYPE)
             readers = tuple(h for h in readers if h.input_event_types is None or event_type in h.input_event_types)
             if not readers:
                 self.stats.skipped += 1
@@ -1092,7 +1087,7 @@ class StageRunner:
         records = []
         now = datetime.now(UTC)
         for message, error_class, detail, not_before, stage in retry_due:
-            attempt = int(header_value(message, retries.H_ATTEMPT) or 0) + 1
+            attempt = int(header_value(message, HEADER_RETRY_ATTEMPT) or 0) + 1
             if not_before is None and attempt > settings.levels:
                 poison.append((message, RetriesExhausted(f"{error_class} after {attempt - 1} retries: {detail}"),
                                stage))
@@ -1102,10 +1097,10 @@ class StageRunner:
                 # Waiting for a known time (a breaker's half-open): a little jitter so the
                 # waiting payments do not all arrive in the same instant.
                 delay_s = max(0.0, (not_before - now).total_seconds()) + self._rng.uniform(0, settings.jitter)
-            origin = header_value(message, retries.H_ORIGIN_TOPIC) or message.topic()
+            origin = header_value(message, HEADER_RETRY_ORIGIN_TOPIC) or message.topic()
             headers = retries.retry_headers(
                 _without_handled_by(message.headers()), stage=stage, origin_topic=origin, attempt=attempt,
-                first_failed_at=header_value(message, retries.H_FIRST_FAILED_AT) or now.isoformat(),
+                first_failed_at=header_value(message, HEADER_RETRY_FIRST_FAILED_AT) or now.isoformat(),
                 error_class=error_class, error=detail, due_at_ms=int((now.timestamp() + delay_s) * 1000))
             records.append((retries.retry_topic(origin, retries.level_of(attempt, settings)), message.key(),
                             message.value(), headers))
@@ -1124,17 +1119,17 @@ class StageRunner:
             # the original did (they drop what they already decided).
             headers = _without_handled_by(message.headers())
             # An event that failed in a retry topic belongs to the topic it first came from.
-            origin = header_value(message, retries.H_ORIGIN_TOPIC) or message.topic()
-            attempts = int(header_value(message, retries.H_ATTEMPT) or 0) + 1
+            origin = header_value(message, HEADER_RETRY_ORIGIN_TOPIC) or message.topic()
+            attempts = int(header_value(message, HEADER_RETRY_ATTEMPT) or 0) + 1
             headers += [
-                (DLQ_HEADER_PREFIX + "origin_topic", origin.encode()),
-                (DLQ_HEADER_PREFIX + "origin_partition", str(message.partition()).encode()),
-                (DLQ_HEADER_PREFIX + "origin_offset", str(message.offset()).encode()),
-                (DLQ_HEADER_PREFIX + "stage", stage.encode()),
-                (DLQ_HEADER_PREFIX + "error_class", type(exc).__name__.encode()),
-                (DLQ_HEADER_PREFIX + "error_message", str(exc)[:_DLQ_ERROR_MESSAGE_MAX_CHARS].encode()),
-                (DLQ_HEADER_PREFIX + "attempts", str(attempts).encode()),
-                (DLQ_HEADER_PREFIX + "failed_at", failed_at.encode()),
+                (HEADER_DLQ_ORIGIN_TOPIC, origin.encode()),
+                (HEADER_DLQ_ORIGIN_PARTITION, str(message.partition()).encode()),
+                (HEADER_DLQ_ORIGIN_OFFSET, str(message.offset()).encode()),
+                (HEADER_DLQ_STAGE, stage.encode()),
+                (HEADER_DLQ_ERROR_CLASS, type(exc).__name__.encode()),
+                (HEADER_DLQ_ERROR_MESSAGE, str(exc)[:_DLQ_ERROR_MESSAGE_MAX_CHARS].encode()),
+                (HEADER_DLQ_ATTEMPTS, str(attempts).encode()),
+                (HEADER_DLQ_FAILED_AT, failed_at.encode()),
             ]
             log.error("dead-lettering message: %s", exc, extra={
                 "stage": stage, "topic": message.topic(), "partition": message.partition(),

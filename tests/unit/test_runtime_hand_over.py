@@ -8,14 +8,14 @@ is what the process would produce, and what it does with those records read back
 
 from __future__ import annotations
 
-from orchestrator import retries
-from orchestrator.retries import H_ORIGIN_TOPIC, H_STAGE, RetryLater
-from orchestrator.runtime import DLQ_HEADER_PREFIX, HAND_OVER_ROUNDS_MAX
+from orchestrator.retries import RetryLater
+from orchestrator.runtime import HAND_OVER_ROUNDS_MAX
 from orchestrator.stages.fraud import FraudStage
 from orchestrator.stages.initiation import InitiationStage
 from orchestrator.stages.routing import RoutingStage
 from orchestrator.stages.sanctions import SanctionsStage
-from orchestrator.wire import HEADER_HANDLED_BY
+from orchestrator.wire import (HEADER_DLQ_ORIGIN_OFFSET, HEADER_DLQ_ORIGIN_TOPIC, HEADER_DLQ_STAGE, HEADER_HANDLED_BY,
+                               HEADER_RETRY_DUE_AT_MS, HEADER_RETRY_ORIGIN_TOPIC, HEADER_RETRY_STAGE)
 from tests.unit.runtime_fixtures import (CODEC, RecordingCheckpoint, RecordMessage, StandInMessage, headers_of,
                                          produced, runner)
 from tests.unit.stage_fixtures import ALLOW, CLEAR, TENANTS, follow, received
@@ -106,9 +106,9 @@ def test_a_stage_failing_on_a_handed_event_dead_letters_it_in_the_same_checkpoin
     assert headers_of(records["initiated"])[HEADER_HANDLED_BY] == "sanctions,fraud", \
         "fraud's outcome (the dead letter) is in this checkpoint: it must not meet the event again"
     headers = headers_of(dead)
-    assert (dead[0], headers[DLQ_HEADER_PREFIX + "stage"], headers[DLQ_HEADER_PREFIX + "origin_topic"]) == (
+    assert (dead[0], headers[HEADER_DLQ_STAGE], headers[HEADER_DLQ_ORIGIN_TOPIC]) == (
         INITIATED + ".dlq", "fraud", INITIATED)
-    assert headers[DLQ_HEADER_PREFIX + "origin_offset"] == "-1", "not produced yet when it failed"
+    assert headers[HEADER_DLQ_ORIGIN_OFFSET] == "-1", "not produced yet when it failed"
     assert dead[1:3] == records["initiated"][1:3], "the event's own key and bytes, for replay"
     assert HEADER_HANDLED_BY not in headers, "a replay reaches every stage that reads the topic"
 
@@ -120,13 +120,14 @@ def test_a_stage_deferring_a_handed_event_retries_it_in_the_same_checkpoint(tmp_
     assert dead == []
     initiated = by_topic(outputs)["initiated"]
     headers = headers_of(retry)
-    assert (retry[0], headers[H_STAGE], headers[H_ORIGIN_TOPIC]) == (INITIATED + ".retry.1", "fraud", INITIATED)
+    assert (retry[0], headers[HEADER_RETRY_STAGE], headers[HEADER_RETRY_ORIGIN_TOPIC]) == (
+        INITIATED + ".retry.1", "fraud", INITIATED)
     assert retry[2] == initiated[2] and HEADER_HANDLED_BY not in headers
 
     # The retry, once due, goes to fraud alone, as any retry does.
     fraud = FraudStage(TENANTS, "test", tmp_path)
     outputs, _, _ = produced(runner(initiation, sanctions, fraud, routing),
-                             RecordMessage(retry, headers=[*retry[3][:-1], (retries.H_DUE_AT_MS, b"0")]))
+                             RecordMessage(retry, headers=[*retry[3][:-1], (HEADER_RETRY_DUE_AT_MS, b"0")]))
     assert sorted(by_topic(outputs)) == ["routed", "screened.fraud"], "routing joins the late verdict"
 
 

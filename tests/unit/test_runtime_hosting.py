@@ -10,9 +10,10 @@ import pydantic
 import pytest
 
 from orchestrator.bootstrap import STAGE_NAMES, in_flow_order
-from orchestrator.retries import H_ATTEMPT, H_ORIGIN_TOPIC, H_STAGE
-from orchestrator.runtime import DLQ_HEADER_PREFIX, process_name
+from orchestrator.runtime import process_name
 from orchestrator.settings import KafkaSettings, Settings
+from orchestrator.wire import (HEADER_DLQ_ERROR_CLASS, HEADER_DLQ_STAGE, HEADER_RETRY_ATTEMPT,
+                               HEADER_RETRY_ORIGIN_TOPIC, HEADER_RETRY_STAGE)
 from tests.unit.runtime_fixtures import CODEC, StandInMessage, headers_of, produced, runner
 from tests.unit.stage_fixtures import follow, received
 
@@ -75,7 +76,7 @@ def test_a_retry_goes_back_only_to_the_stage_that_asked_for_it():
     sanctions, fraud = screening_pair()
     message = initiated_message()
     retry_message = StandInMessage(CODEC.decode(message.value()), topic=INITIATED + ".retry.1", extra_headers=[
-        (H_ATTEMPT, b"1"), (H_ORIGIN_TOPIC, INITIATED.encode()), (H_STAGE, b"fraud")])
+        (HEADER_RETRY_ATTEMPT, b"1"), (HEADER_RETRY_ORIGIN_TOPIC, INITIATED.encode()), (HEADER_RETRY_STAGE, b"fraud")])
     outputs, _, _ = produced(runner(sanctions, fraud), retry_message)
     assert (len(sanctions.seen), len(fraud.seen)) == (0, 1)
     assert [record[0] for record in outputs] == ["emea.payments.screened.fraud.v1"]
@@ -87,7 +88,7 @@ def test_one_hosted_stage_failing_dead_letters_for_that_stage_only():
     assert [record[0] for record in outputs] == ["emea.payments.screened.sanctions.v1"], "sanctions still decides"
     headers = headers_of(dead)
     assert dead[0] == INITIATED + ".dlq" and retry == []
-    assert (headers[DLQ_HEADER_PREFIX + "stage"], headers[DLQ_HEADER_PREFIX + "error_class"]) == ("fraud", "KeyError")
+    assert (headers[HEADER_DLQ_STAGE], headers[HEADER_DLQ_ERROR_CLASS]) == ("fraud", "KeyError")
 
 
 def test_an_undecodable_message_is_dead_lettered_once_per_stage_that_reads_it():
@@ -96,7 +97,7 @@ def test_an_undecodable_message_is_dead_lettered_once_per_stage_that_reads_it():
     message._value = b"\xc3\x01" + b"\x00" * 8 + b"garbage"
     outputs, _, dead = produced(runner(sanctions, fraud), message)
     assert outputs == [] and sanctions.seen == fraud.seen == []
-    assert sorted(headers_of(record)[DLQ_HEADER_PREFIX + "stage"] for record in dead) == ["fraud", "sanctions"]
+    assert sorted(headers_of(record)[HEADER_DLQ_STAGE] for record in dead) == ["fraud", "sanctions"]
     assert all(record[2] == message.value() for record in dead), "the original bytes, for replay"
 
 

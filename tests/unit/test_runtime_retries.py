@@ -13,12 +13,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from orchestrator.retries import (
-    H_ATTEMPT, H_DUE_AT_MS, H_FIRST_FAILED_AT, H_LAST_ERROR_CLASS, H_ORIGIN_TOPIC, H_STAGE, RetryLater, TransientError,
-    backoff_s, is_transient,
-)
-from orchestrator.runtime import DLQ_HEADER_PREFIX
+from orchestrator.retries import RetryLater, TransientError, backoff_s, is_transient
 from orchestrator.settings import REPO_ROOT, RetrySettings
+from orchestrator.wire import (HEADER_DLQ_ATTEMPTS, HEADER_DLQ_ERROR_CLASS, HEADER_DLQ_ORIGIN_TOPIC, HEADER_DLQ_STAGE,
+                               HEADER_RETRY_ATTEMPT, HEADER_RETRY_DUE_AT_MS, HEADER_RETRY_FIRST_FAILED_AT,
+                               HEADER_RETRY_LAST_ERROR_CLASS, HEADER_RETRY_ORIGIN_TOPIC, HEADER_RETRY_STAGE)
 from tests.unit.runtime_fixtures import CODEC, ORIGIN, StandInMessage, headers_of, produced, runner
 from tests.unit.stage_fixtures import received
 
@@ -61,9 +60,10 @@ def test_a_transient_exception_goes_to_retry_level_1_with_its_headers_and_origin
     topic, key, value, _ = record
     headers = headers_of(record)
     assert (topic, key, value) == (ORIGIN + ".retry.1", message.key(), message.value())
-    assert headers[H_ATTEMPT] == "1" and headers[H_STAGE] == "execution" and headers[H_ORIGIN_TOPIC] == ORIGIN
-    assert headers[H_LAST_ERROR_CLASS] == "OperationalError"
-    due_in_s = int(headers[H_DUE_AT_MS]) / 1000 - datetime.now(UTC).timestamp()
+    assert headers[HEADER_RETRY_ATTEMPT] == "1" and headers[HEADER_RETRY_STAGE] == "execution"
+    assert headers[HEADER_RETRY_ORIGIN_TOPIC] == ORIGIN
+    assert headers[HEADER_RETRY_LAST_ERROR_CLASS] == "OperationalError"
+    due_in_s = int(headers[HEADER_RETRY_DUE_AT_MS]) / 1000 - datetime.now(UTC).timestamp()
     assert 0.5 < due_in_s <= 1.0
     assert headers["event_type"] == "PaymentReceived", "the original headers travel too"
 
@@ -73,27 +73,27 @@ def test_the_next_attempt_goes_one_level_up_and_keeps_the_first_failure_time():
         raise TransientError("dependency throttled")
     first = "2026-11-27T10:00:00+00:00"
     message = StandInMessage(received(), topic=ORIGIN + ".retry.1", extra_headers=[
-        (H_ATTEMPT, b"1"), (H_ORIGIN_TOPIC, ORIGIN.encode()), (H_FIRST_FAILED_AT, first.encode()),
-        (H_STAGE, b"execution")])
+        (HEADER_RETRY_ATTEMPT, b"1"), (HEADER_RETRY_ORIGIN_TOPIC, ORIGIN.encode()),
+        (HEADER_RETRY_FIRST_FAILED_AT, first.encode()), (HEADER_RETRY_STAGE, b"execution")])
     _, (record,), _ = route(ScriptedStage(busy), message)
     headers = headers_of(record)
     assert record[0] == ORIGIN + ".retry.2"
-    assert (headers[H_ATTEMPT], headers[H_FIRST_FAILED_AT]) == ("2", first)
-    assert list(headers).count(H_ATTEMPT) == 1, "earlier retry headers are replaced, not repeated"
+    assert (headers[HEADER_RETRY_ATTEMPT], headers[HEADER_RETRY_FIRST_FAILED_AT]) == ("2", first)
+    assert list(headers).count(HEADER_RETRY_ATTEMPT) == 1, "earlier retry headers are replaced, not repeated"
 
 
 def test_past_the_last_level_a_transient_fault_is_dead_lettered_with_its_attempts():
     def busy(events):
         raise TransientError("still down")
     message = StandInMessage(received(), topic=ORIGIN + ".retry.2", extra_headers=[
-        (H_ATTEMPT, b"2"), (H_ORIGIN_TOPIC, ORIGIN.encode()), (H_STAGE, b"execution")])
+        (HEADER_RETRY_ATTEMPT, b"2"), (HEADER_RETRY_ORIGIN_TOPIC, ORIGIN.encode()), (HEADER_RETRY_STAGE, b"execution")])
     _, retry, (dead,) = route(ScriptedStage(busy), message)
     assert retry == []
     headers = headers_of(dead)
     assert dead[0] == ORIGIN + ".dlq", "dead letters belong to the origin topic, not the retry topic"
-    assert headers[DLQ_HEADER_PREFIX + "attempts"] == "3"
-    assert headers[DLQ_HEADER_PREFIX + "error_class"] == "RetriesExhausted"
-    assert headers[DLQ_HEADER_PREFIX + "origin_topic"] == ORIGIN
+    assert headers[HEADER_DLQ_ATTEMPTS] == "3"
+    assert headers[HEADER_DLQ_ERROR_CLASS] == "RetriesExhausted"
+    assert headers[HEADER_DLQ_ORIGIN_TOPIC] == ORIGIN
 
 
 def test_a_bug_is_dead_lettered_at_once_never_retried():
@@ -101,8 +101,8 @@ def test_a_bug_is_dead_lettered_at_once_never_retried():
         raise KeyError("rail")
     outputs, records, (dead,) = route(ScriptedStage(bug), StandInMessage(received()))
     assert outputs == [] and records == []
-    assert headers_of(dead)[DLQ_HEADER_PREFIX + "error_class"] == "KeyError"
-    assert headers_of(dead)[DLQ_HEADER_PREFIX + "stage"] == "execution"
+    assert headers_of(dead)[HEADER_DLQ_ERROR_CLASS] == "KeyError"
+    assert headers_of(dead)[HEADER_DLQ_STAGE] == "execution"
 
 
 def test_a_stage_deferral_waits_until_its_time_and_other_outputs_still_go_out():
@@ -114,14 +114,14 @@ def test_a_stage_deferral_waits_until_its_time_and_other_outputs_still_go_out():
         return [marker, RetryLater(events[0], "rail_circuit_open", "breaker open", not_before=when)]
     outputs, (record,), dead = route(ScriptedStage(defer), StandInMessage(event))
     assert [event.event_id for event in outputs] == [marker.event_id] and dead == []
-    due_s = int(headers_of(record)[H_DUE_AT_MS]) / 1000
+    due_s = int(headers_of(record)[HEADER_RETRY_DUE_AT_MS]) / 1000
     assert when.timestamp() - 0.001 <= due_s <= when.timestamp() + 0.5  # due times are whole ms
 
 
 def test_stage_deferrals_are_bounded_by_the_stage_not_by_the_levels():
     event = received()
     message = StandInMessage(event, topic=ORIGIN + ".retry.2", extra_headers=[
-        (H_ATTEMPT, b"9"), (H_ORIGIN_TOPIC, ORIGIN.encode()), (H_STAGE, b"execution")])
+        (HEADER_RETRY_ATTEMPT, b"9"), (HEADER_RETRY_ORIGIN_TOPIC, ORIGIN.encode()), (HEADER_RETRY_STAGE, b"execution")])
     _, (record,), dead = route(ScriptedStage(
         lambda events: [RetryLater(events[0], "rail_circuit_open", "open", not_before=datetime.now(UTC))]), message)
     assert dead == [] and record[0] == ORIGIN + ".retry.2"
