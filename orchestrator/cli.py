@@ -38,7 +38,7 @@ def run(stages: Annotated[list[str], typer.Argument(help=f"one or more of: {', '
         instance: Annotated[str, typer.Option(help="instance id, unique per replica")] = "0") -> None:
     """Run one stage, as its container does, or several stages in one process."""
     from orchestrator.bootstrap import in_flow_order, run_stages
-    from orchestrator.runtime import process_name
+    from orchestrator.topics import process_name
 
     try:
         names = in_flow_order(stages)

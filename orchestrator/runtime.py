@@ -69,7 +69,7 @@ from orchestrator import retries
 from orchestrator.retries import RetryLater
 from orchestrator.settings import Settings
 from orchestrator.storage import StateUnit
-from orchestrator.topics import DLQ_SUFFIX, OUTPUT_TOPIC_OF_STAGE, TopicNamer
+from orchestrator.topics import DLQ_SUFFIX, OUTPUT_TOPIC_OF_STAGE, TopicNamer, process_name
 from orchestrator.wire import (HEADER_CORRELATION_ID, HEADER_DLQ_ATTEMPTS, HEADER_DLQ_ERROR_CLASS,
                                HEADER_DLQ_ERROR_MESSAGE, HEADER_DLQ_FAILED_AT, HEADER_DLQ_ORIGIN_OFFSET,
                                HEADER_DLQ_ORIGIN_PARTITION, HEADER_DLQ_ORIGIN_TOPIC, HEADER_DLQ_STAGE,
@@ -487,15 +487,6 @@ class AtLeastOnceCheckpoint(Checkpoint):
                 # the batch and, stages being idempotent, re-emits events with the same ids.
                 log.warning("storing offsets failed: %s", exc, extra={"stage": self.runner.name})
         return True
-
-
-def process_name(stage_names: Sequence[str]) -> str:
-    """The name of a process hosting `stage_names`: the stage's own name for one stage
-    (as a container runs it), the names joined by "+" for several. It names the
-    process's consumer group, transactional id, log lines, log file and pid file."""
-    if not stage_names:
-        raise ValueError("a stage process hosts at least one stage")
-    return "+".join(stage_names)
 
 
 class StageRunner:

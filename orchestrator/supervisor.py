@@ -26,8 +26,8 @@ import httpx
 from orchestrator.bootstrap import load_configured_tenants
 from orchestrator.intake.credentials import ensure_local_keys
 from orchestrator.kafka_clients import create_topics
-from orchestrator.runtime import process_name
 from orchestrator.settings import REPO_ROOT, Settings
+from orchestrator.topics import process_name
 
 log = logging.getLogger("payorch.supervisor")
 

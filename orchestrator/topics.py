@@ -1,8 +1,9 @@
-"""Topic names, from one template, the stages in flow order, and the map of which stage
-writes which topic."""
+"""Topic names, from one template, the map of which stage writes which topic, and the
+stages in flow order with the names of the processes that host them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 # Every stage, in the order a payment meets them. One set of stages always gives one
@@ -89,3 +90,12 @@ def in_flow_order(names: list[str]) -> list[str]:
     if len(set(names)) != len(names):
         raise ValueError(f"a stage is named twice in {names}")
     return [name for name in STAGE_NAMES if name in names]
+
+
+def process_name(stage_names: Sequence[str]) -> str:
+    """The name of a process hosting `stage_names`: the stage's own name for one stage
+    (as a container runs it), the names joined by "+" for several. It names the
+    process's consumer group, transactional id, log lines, log file and pid file."""
+    if not stage_names:
+        raise ValueError("a stage process hosts at least one stage")
+    return "+".join(stage_names)

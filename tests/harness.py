@@ -23,7 +23,7 @@ import httpx
 from orchestrator.bootstrap import STAGE_NAMES
 from orchestrator.intake.credentials import bearer, ensure_local_keys, read_local_keys
 from orchestrator.samples import TENANTS
-from orchestrator.runtime import process_name
+from orchestrator.topics import process_name
 from orchestrator.settings import REPO_ROOT, Settings
 
 PROCESS_READY_TIMEOUT_S = 60.0

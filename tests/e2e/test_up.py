@@ -22,7 +22,7 @@ import pytest
 from orchestrator.intake.credentials import bearer, read_local_keys
 from orchestrator.loadgen import offer_load
 from orchestrator.bootstrap import STAGE_NAMES
-from orchestrator.runtime import process_name
+from orchestrator.topics import process_name
 from orchestrator.settings import REPO_ROOT, Settings
 from tests.harness import free_port, free_port_block
 

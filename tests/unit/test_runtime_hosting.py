@@ -10,8 +10,8 @@ import pydantic
 import pytest
 
 from orchestrator.bootstrap import STAGE_NAMES, in_flow_order
-from orchestrator.runtime import process_name
 from orchestrator.settings import KafkaSettings, Settings
+from orchestrator.topics import process_name
 from orchestrator.wire import (HEADER_DLQ_ERROR_CLASS, HEADER_DLQ_STAGE, HEADER_RETRY_ATTEMPT,
                                HEADER_RETRY_ORIGIN_TOPIC, HEADER_RETRY_STAGE)
 from tests.unit.runtime_fixtures import CODEC, StandInMessage, headers_of, produced, runner
