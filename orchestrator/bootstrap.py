@@ -73,7 +73,7 @@ def run_stages(names: list[str], settings: Settings, *, instance_id: str = "0") 
     """Run stages until SIGTERM/SIGINT: one stage is what `payorch run STAGE` and a
     container do; several share one process, one consumer and one transaction per commit
     interval (`payorch up`'s plan, see `Settings.stage_processes`)."""
-    from orchestrator.runtime import StageRunner
+    from orchestrator.runtime.loop import StageRunner
 
     tenants = load_configured_tenants(settings)
     codec = make_codec(settings)

@@ -23,7 +23,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from orchestrator.bootstrap import make_codec
 from orchestrator.events import UndecodableEvent
 from orchestrator.kafka_clients import make_admin, make_producer
-from orchestrator.runtime import AckTracker, ProduceFailed, await_acks
+from orchestrator.runtime.producing import AckTracker, ProduceFailed, await_acks
 from orchestrator.settings import Settings
 from orchestrator.stages.tracking import TERMINAL_STATUSES, TrackingStore
 from orchestrator.storage import open_sqlite

@@ -26,7 +26,7 @@ HEADER_STAGE = "stage"
 HEADER_REGION = "region"
 # The hosted stages that already took this event from the stage that wrote it, inside the
 # process and transaction that wrote it (comma-separated stage names; see
-# orchestrator/runtime.py, "Hand-over"). Those stages skip it when they read the topic;
+# orchestrator/runtime/hosting.py). Those stages skip it when they read the topic;
 # every other reader (tracking, another plan's process, a replay for a stage that failed
 # on it) reads it as usual.
 HEADER_HANDLED_BY = "payorch.handled_by"

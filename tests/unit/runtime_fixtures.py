@@ -1,10 +1,13 @@
 """Builders shared by the runtime unit tests: stand-in consumed messages, a runner with
-real unconnected clients, and a checkpoint that records what a batch would produce."""
+real unconnected clients (or stand-in clients a test passes it), and a checkpoint that
+records what a batch would produce."""
 
 from __future__ import annotations
 
 from orchestrator.events import EventCodec
-from orchestrator.runtime import Checkpoint, StageRunner
+from orchestrator.runtime.checkpoint import Checkpoint
+from orchestrator.runtime.clients import StageClients
+from orchestrator.runtime.loop import StageRunner
 from orchestrator.settings import REPO_ROOT, KafkaSettings, RetrySettings, RuntimeSettings, Settings
 from orchestrator.wire import event_headers
 
@@ -38,11 +41,38 @@ class RecordMessage(StandInMessage):
             self._headers = headers
 
 
-def runner(*stages) -> StageRunner:
+def runner(*stages, clients: StageClients | None = None) -> StageRunner:
     settings = Settings(kafka=KafkaSettings(bootstrap_servers="127.0.0.1:1"),
                         runtime=RuntimeSettings(exactly_once=False,
                                                 retry=RetrySettings(backoff_s=(1.0, 4.0), jitter=0.0)))
-    return StageRunner(stages, settings, ["emea"], CODEC)
+    return StageRunner(stages, settings, ["emea"], CODEC, clients=clients)
+
+
+class StandInConsumer:
+    """A consumer with nothing to read that records how long each poll would have waited."""
+
+    def __init__(self) -> None:
+        self.polls: list[float] = []
+
+    def poll(self, timeout: float):
+        self.polls.append(timeout)
+        return None
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list:
+        return []
+
+    def assignment(self) -> list:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+class StandInProducer:
+    """A producer that is never asked to produce (the tests' checkpoints record instead)."""
+
+    def flush(self, timeout: float = -1) -> int:
+        return 0
 
 
 class RecordingCheckpoint(Checkpoint):

@@ -9,7 +9,7 @@ is what the process would produce, and what it does with those records read back
 from __future__ import annotations
 
 from orchestrator.retries import RetryLater
-from orchestrator.runtime import HAND_OVER_ROUNDS_MAX
+from orchestrator.runtime.hosting import HAND_OVER_ROUNDS_MAX
 from orchestrator.stages.fraud import FraudStage
 from orchestrator.stages.initiation import InitiationStage
 from orchestrator.stages.routing import RoutingStage

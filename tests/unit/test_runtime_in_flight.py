@@ -9,10 +9,12 @@ from concurrent.futures import Future
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from orchestrator import runtime
 from orchestrator.effects import Pending
+from orchestrator.runtime import in_flight
+from orchestrator.runtime.clients import StageClients
 from orchestrator.wire import HEADER_DLQ_ERROR_CLASS, HEADER_HANDLED_BY
-from tests.unit.runtime_fixtures import RecordingCheckpoint, StandInMessage, headers_of, runner
+from tests.unit.runtime_fixtures import (RecordingCheckpoint, StandInConsumer, StandInMessage, StandInProducer,
+                                         headers_of, runner)
 from tests.unit.test_execution_stage import HeldRail, routed_and_reserved, stage
 
 ROUTED = "emea.payments.routed.v1"
@@ -65,11 +67,11 @@ def test_a_batch_waits_for_its_calls_and_the_batches_after_it_wait_behind_it(tmp
     # A later batch that starts no call still waits: offsets are committed in order.
     later_routed, _ = fresh_routed_and_reserved(1)
     run.process_batch([StandInMessage(later_routed, topic=ROUTED, offset=4)], checkpoint)
-    run._complete_in_flight(checkpoint)
+    run.complete_in_flight(checkpoint)
     assert checkpoint.records == [] and checkpoint.offsets == {"main": {}, "retry": {}}
 
     rail.answer_all()
-    run._complete_in_flight(checkpoint)
+    run.complete_in_flight(checkpoint)
     (executed,) = checkpoint.records
     assert executed[0] == EXECUTED
     assert headers_of(executed)[HEADER_HANDLED_BY] == "settlement" and settles.seen == ["PaymentExecuted"]
@@ -95,7 +97,7 @@ def test_an_effect_that_fails_dead_letters_the_events_of_the_batch_that_started_
     run = runner(stage(tmp_path, BrokenRail()), SeesExecuted())
     checkpoint = RecordingCheckpoint()
     run.process_batch(both_halves(), checkpoint)
-    run._complete_in_flight(checkpoint)
+    run.complete_in_flight(checkpoint)
     assert sorted(r[0] for r in checkpoint.records) == [POSTED + ".dlq", ROUTED + ".dlq"]
     assert {headers_of(r)[HEADER_DLQ_ERROR_CLASS] for r in checkpoint.records} == {"RuntimeError"}
     assert checkpoint.offsets["main"] == {(ROUTED, 2): 4, (POSTED, 2): 6}
@@ -107,15 +109,15 @@ def test_a_batch_given_up_leaves_nothing_and_its_events_start_the_call_again(tmp
     run = runner(execution, SeesExecuted())
     checkpoint = RecordingCheckpoint()
     run.process_batch(both_halves(), checkpoint)
-    run._abandon_in_flight(seek=False)  # what a rewind or a revoked assignment does
+    run.rewind()  # an aborted transaction; a revoked assignment gives the batches up too
     rail.answer_all()
-    run._complete_in_flight(checkpoint)
+    run.complete_in_flight(checkpoint)
     assert checkpoint.records == [] and checkpoint.offsets == {"main": {}, "retry": {}}
 
     run.process_batch(both_halves(), checkpoint)  # read again from the committed offsets
     assert len(rail.out) == 2
     rail.answer_all()
-    run._complete_in_flight(checkpoint)
+    run.complete_in_flight(checkpoint)
     assert [r[0] for r in checkpoint.records] == [EXECUTED]
 
 
@@ -127,16 +129,15 @@ def test_the_effect_a_stage_returns_is_not_an_output(tmp_path):
 
 
 def test_with_the_queue_full_the_loop_waits_for_the_oldest_batch_instead_of_consuming(tmp_path, monkeypatch):
-    monkeypatch.setattr(runtime, "IN_FLIGHT_BATCHES_MAX", 1)
+    monkeypatch.setattr(in_flight, "IN_FLIGHT_BATCHES_MAX", 1)
     rail = HeldRail()
-    run = runner(stage(tmp_path, rail), SeesExecuted())
+    consumer = StandInConsumer()
+    run = runner(stage(tmp_path, rail), SeesExecuted(), clients=StageClients(consumer, StandInProducer()))
     checkpoint = RecordingCheckpoint()
     run.process_batch(both_halves(), checkpoint)
-    polled = []
-    monkeypatch.setattr(run, "_poll", lambda wait_s: polled.append(wait_s) or [])
-    assert run._next_messages(0.01, checkpoint) == [] and polled == []
+    assert run.next_messages(0.01, checkpoint) == [] and consumer.polls == []
     rail.answer_all()
-    assert run._next_messages(0.01, checkpoint) == [] and polled == []
+    assert run.next_messages(0.01, checkpoint) == [] and consumer.polls == []
     assert [r[0] for r in checkpoint.records] == [EXECUTED], "the oldest batch was waited for"
-    run._next_messages(0.01, checkpoint)
-    assert polled == [0.01], "with room in the queue the loop consumes again"
+    run.next_messages(0.01, checkpoint)
+    assert consumer.polls == [0.01], "with room in the queue the loop consumes again"

@@ -47,7 +47,7 @@ def test_runner_subscribes_to_the_retry_levels_of_its_inputs_with_a_consumer_of_
     run = runner(ScriptedStage(lambda e: []))
     assert run.input_topics == [ORIGIN]
     assert run.retry_topics == [ORIGIN + ".retry.1", ORIGIN + ".retry.2"]
-    assert set(run.consumers_by_role()) == {"main", "retry"}
+    assert set(run.clients.by_role()) == {"main", "retry"}
 
 
 def test_a_transient_exception_goes_to_retry_level_1_with_its_headers_and_original_bytes():
@@ -148,12 +148,13 @@ def test_backoff_grows_per_level_with_bounded_jitter():
 def test_a_fatal_client_error_ends_the_loop_so_the_process_restarts():
     from confluent_kafka import KafkaError
 
-    from orchestrator.runtime import FatalClientError
+    from orchestrator.runtime.clients import FatalClientError
 
     run = runner(ScriptedStage(lambda events: []))
-    run._on_client_error(KafkaError(KafkaError._TRANSPORT, "broker down"))  # transient: keeps going
-    assert run._fatal_error is None
-    run._on_client_error(KafkaError(KafkaError._FENCED, "static member fenced", fatal=True))
+    # What librdkafka calls on every client of the process (their error_cb).
+    run.client_errors(KafkaError(KafkaError._TRANSPORT, "broker down"))  # transient: keeps going
+    assert run.client_errors.fatal is None
+    run.client_errors(KafkaError(KafkaError._FENCED, "static member fenced", fatal=True))
     with pytest.raises(FatalClientError, match="fenced"):
         run.run()
 
@@ -164,7 +165,7 @@ def test_a_kafka_call_hung_past_its_timeout_ends_the_process():
     import sys
 
     code = (
-        "import time, orchestrator.runtime as r\n"
+        "import time, orchestrator.runtime.watchdog as r\n"
         "r.TXN_CALL_HANG_GRACE_S = 0.5\n"
         "dog = r.HangWatchdog('test')\n"
         "with dog.guard('fine', 0.1):\n"
@@ -184,10 +185,10 @@ def test_a_retriable_transaction_call_is_retried_in_place_and_anything_else_prop
     # back; the stage process died of it and lost ten seconds to its restart.
     from confluent_kafka import KafkaError, KafkaException
 
-    from orchestrator import runtime
+    from orchestrator.runtime import watchdog
 
-    monkeypatch.setattr(runtime.time, "sleep", lambda _s: None)
-    dog = runtime.HangWatchdog("test")
+    monkeypatch.setattr(watchdog.time, "sleep", lambda _s: None)
+    dog = watchdog.HangWatchdog("test")
     calls = []
 
     def flaky(timeout_s):
@@ -195,14 +196,14 @@ def test_a_retriable_transaction_call_is_retried_in_place_and_anything_else_prop
         if len(calls) == 1:
             raise KafkaException(KafkaError(KafkaError._TRANSPORT, "Broker transport failure", retriable=True))
 
-    runtime.call_retrying(dog, "send_offsets_to_transaction", flaky, 10.0, 3, "test")
+    watchdog.call_retrying(dog, "send_offsets_to_transaction", flaky, 10.0, 3, "test")
     assert calls == [10.0, 10.0]
 
     def abortable(_timeout_s):
         raise KafkaException(KafkaError(KafkaError._STATE, "abort it", txn_requires_abort=True))
 
     with pytest.raises(KafkaException, match="abort it"):
-        runtime.call_retrying(dog, "send_offsets_to_transaction", abortable, 10.0, 3, "test")
+        watchdog.call_retrying(dog, "send_offsets_to_transaction", abortable, 10.0, 3, "test")
 
     def always_down(_timeout_s):
         calls.append("down")
@@ -210,7 +211,7 @@ def test_a_retriable_transaction_call_is_retried_in_place_and_anything_else_prop
 
     calls.clear()
     with pytest.raises(KafkaException, match="still down"):
-        runtime.call_retrying(dog, "send_offsets_to_transaction", always_down, 10.0, 3, "test")
+        watchdog.call_retrying(dog, "send_offsets_to_transaction", always_down, 10.0, 3, "test")
     assert calls == ["down"] * 3
 
 
