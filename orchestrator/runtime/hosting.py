@@ -110,7 +110,7 @@ class HostedStages:
         # stage that decodes its own messages (tracking: two schema families, bodies
         # mostly left as bytes) always reads from Kafka.
         self._handed_to: dict[str, tuple[StageHandler, ...]] = {
-            topic: tuple(h for h in self.handlers if topic in h.input_topics and not hasattr(h, "decode_message"))
+            topic: tuple(h for h in self.handlers if topic in h.input_topics and h.decode_message is None)
             for topic in set(self.output_topic_of.values()) - {None}}
 
     @property
@@ -128,7 +128,7 @@ class HostedStages:
         event (events are immutable)."""
         shared: Event | UndecodableEvent | None = None
         for handler in readers:
-            decode = getattr(handler, "decode_message", None)
+            decode = handler.decode_message
             try:
                 if decode is not None:
                     event = decode(message)

@@ -248,9 +248,7 @@ class StageRunner:
             return
         for handler, outputs in ticked:
             self.stats.produced += len(outputs)
-            confirm = getattr(handler, "published", None)
-            if confirm is not None:
-                confirm(outputs)
+            handler.published(outputs)
 
     def process_batch(self, messages: list[Message], checkpoint: Checkpoint | None = None) -> None:
         """Handle one consumed batch into `checkpoint` (or into its own, committed at once)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -12,9 +12,17 @@ from orchestrator.tenants import TenantConfig
 
 
 class Stage:
+    """A stage as the runtime sees it (orchestrator/runtime/handler.py, `StageHandler`),
+    with a default for everything a stage need not write."""
+
     name: str = ""
     input_topics: tuple[str, ...] = ()
     input_event_types: frozenset[str] | None = None
+    # None: the runtime decodes the stage's messages as payment events (shared with the
+    # other hosted stages) and hands it the events of hosted stages. A stage that reads
+    # another schema family or keeps bodies as bytes (tracking) defines
+    # `decode_message(message)`, and reads everything from Kafka.
+    decode_message: Callable[[Any], Any] | None = None
 
     def __init__(self, tenants: dict[str, TenantConfig], region: str) -> None:
         self.tenants = tenants
@@ -49,6 +57,11 @@ class Stage:
 
     def tick(self, now: datetime) -> list[Event]:
         return []
+
+    def published(self, outputs: list[Event]) -> None:
+        """`outputs` of `tick` are committed to Kafka. A stage that keeps timer outputs
+        until they are confirmed (routing's timeouts, settlement's cycles) forgets them
+        here; the others have nothing to do."""
 
     def close(self) -> None:
         pass

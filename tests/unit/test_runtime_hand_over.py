@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from orchestrator.retries import RetryLater
 from orchestrator.runtime.hosting import HAND_OVER_ROUNDS_MAX
+from orchestrator.stages.base import Stage
 from orchestrator.stages.fraud import FraudStage
 from orchestrator.stages.initiation import InitiationStage
 from orchestrator.stages.routing import RoutingStage
@@ -131,11 +132,9 @@ def test_a_stage_deferring_a_handed_event_retries_it_in_the_same_checkpoint(tmp_
     assert sorted(by_topic(outputs)) == ["routed", "screened.fraud"], "routing joins the late verdict"
 
 
-class Echo:
+class Echo(Stage):
     """A stage that answers every event with a verdict of its own: two of them, each
     reading the other's topic, make a loop no real plan has."""
-
-    input_event_types = None
 
     def __init__(self, name: str, reads: str) -> None:
         self.name, self.input_topics = name, (reads,)
@@ -146,12 +145,6 @@ class Echo:
         if self.name == "sanctions":
             return [follow(event, "SanctionsScreened", self.name, CLEAR) for event in events]
         return [follow(event, "FraudScored", self.name, ALLOW) for event in events]
-
-    def tick(self, now):
-        return []
-
-    def close(self):
-        pass
 
 
 def test_a_loop_in_the_plan_stops_handing_over_after_a_bound_and_leaves_the_rest_to_kafka():

@@ -11,6 +11,7 @@ import pytest
 
 from orchestrator.bootstrap import STAGE_NAMES, in_flow_order
 from orchestrator.settings import KafkaSettings, Settings
+from orchestrator.stages.base import Stage
 from orchestrator.topics import process_name
 from orchestrator.wire import (HEADER_DLQ_ERROR_CLASS, HEADER_DLQ_STAGE, HEADER_RETRY_ATTEMPT,
                                HEADER_RETRY_ORIGIN_TOPIC, HEADER_RETRY_STAGE)
@@ -20,7 +21,7 @@ from tests.unit.stage_fixtures import follow, received
 INITIATED = "emea.payments.initiated.v1"
 
 
-class RecordingStage:
+class RecordingStage(Stage):
     """A stage that answers each event with one event of its own, and remembers what it saw."""
 
     def __init__(self, name: str, input_topics: tuple[str, ...], *, event_types: frozenset[str] | None = None,
@@ -40,9 +41,6 @@ class RecordingStage:
                        {"outcome": "CLEAR", "best_score": 0.0, "matched_list": None, "matched_entry_id": None,
                         "matched_party": None} if self.name == "sanctions" else
                        {"outcome": "ALLOW", "score": 0, "rules_triggered": []}) for event in events]
-
-    def tick(self, now):
-        return []
 
     def close(self):
         self.closed = True

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from orchestrator.effects import Pending
 from orchestrator.runtime import in_flight
 from orchestrator.runtime.clients import StageClients
+from orchestrator.stages.base import Stage
 from orchestrator.wire import HEADER_DLQ_ERROR_CLASS, HEADER_HANDLED_BY
 from tests.unit.runtime_fixtures import (RecordingCheckpoint, StandInConsumer, StandInMessage, StandInProducer,
                                          headers_of, runner)
@@ -22,12 +23,11 @@ POSTED = "emea.payments.posted.v1"
 EXECUTED = "emea.payments.executed.v1"
 
 
-class SeesExecuted:
+class SeesExecuted(Stage):
     """A hosted reader of execution's outcomes (as settlement is in the default plan)."""
 
     name = "settlement"
     input_topics = ("executed",)
-    input_event_types = None
 
     def __init__(self) -> None:
         self.seen: list[str] = []
@@ -35,12 +35,6 @@ class SeesExecuted:
     def handle_batch(self, events, now):
         self.seen += [event.event_type for event in events]
         return []
-
-    def tick(self, now):
-        return []
-
-    def close(self):
-        pass
 
 
 def fresh_routed_and_reserved(index: int = 0):

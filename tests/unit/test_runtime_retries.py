@@ -15,6 +15,7 @@ import pytest
 
 from orchestrator.retries import RetryLater, TransientError, backoff_s, is_transient
 from orchestrator.settings import REPO_ROOT, RetrySettings
+from orchestrator.stages.base import Stage
 from orchestrator.wire import (HEADER_DLQ_ATTEMPTS, HEADER_DLQ_ERROR_CLASS, HEADER_DLQ_ORIGIN_TOPIC, HEADER_DLQ_STAGE,
                                HEADER_RETRY_ATTEMPT, HEADER_RETRY_DUE_AT_MS, HEADER_RETRY_FIRST_FAILED_AT,
                                HEADER_RETRY_LAST_ERROR_CLASS, HEADER_RETRY_ORIGIN_TOPIC, HEADER_RETRY_STAGE)
@@ -22,19 +23,15 @@ from tests.unit.runtime_fixtures import CODEC, ORIGIN, StandInMessage, headers_o
 from tests.unit.stage_fixtures import received
 
 
-class ScriptedStage:
+class ScriptedStage(Stage):
     name = "execution"
     input_topics = ("routed",)
-    input_event_types = None
 
     def __init__(self, answer):
         self.answer = answer
 
     def handle_batch(self, events, now):
         return self.answer(events)
-
-    def tick(self, now): return []
-    def close(self): pass
 
 
 def route(stage, message):
