@@ -1,0 +1,1 @@
+"""The REST intake: FastAPI app, models, problem+json, publisher, credentials, bounds."""
