@@ -7,7 +7,7 @@ keeps consuming and deciding other batches meanwhile; when the future is done it
 treats what comes back exactly as the stage's outputs for those events. The batch that
 started the effect, and every batch consumed after it, reach a checkpoint only after
 it finished, in consumption order, so offsets are committed in order and with their
-outputs, as without effects (see the runtime's "In-flight batches").
+outputs, as without effects (see orchestrator/runtime/in_flight.py).
 
 `abandon` tells the stage that `finish` will never be called (the runtime rewound, or
 lost its partitions): the events come again and the stage starts the effect again.
