@@ -337,6 +337,8 @@ class StageRunner:
 
     def _finish_effects(self, effects: list[StartedEffect], checkpoint: Checkpoint
                         ) -> tuple[list[Record], list[StartedEffect]]:
+        """The records of a batch's done effects, decided in `checkpoint`'s state unit,
+        and the effects those decisions started in turn."""
         failures = Failures()
         pending: list[StartedEffect] = []
         with checkpoint.state.active():

@@ -13,7 +13,7 @@ from orchestrator.effects import Pending
 from orchestrator.runtime import in_flight
 from orchestrator.runtime.clients import StageClients
 from orchestrator.stages.base import Stage
-from orchestrator.wire import HEADER_DLQ_ERROR_CLASS, HEADER_HANDLED_BY
+from orchestrator.wire import HEADER_HANDLED_BY
 from tests.unit.runtime_fixtures import (RecordingCheckpoint, StandInConsumer, StandInMessage, StandInProducer,
                                          headers_of, runner)
 from tests.unit.test_execution_stage import HeldRail, routed_and_reserved, stage
@@ -93,7 +93,7 @@ def test_an_effect_that_fails_dead_letters_the_events_of_the_batch_that_started_
     run.process_batch(both_halves(), checkpoint)
     run.complete_in_flight(checkpoint)
     assert sorted(r[0] for r in checkpoint.records) == [POSTED + ".dlq", ROUTED + ".dlq"]
-    assert {headers_of(r)[HEADER_DLQ_ERROR_CLASS] for r in checkpoint.records} == {"RuntimeError"}
+    assert {headers_of(r)["payorch.dlq.error_class"] for r in checkpoint.records} == {"RuntimeError"}
     assert checkpoint.offsets["main"] == {(ROUTED, 2): 4, (POSTED, 2): 6}
 
 
