@@ -49,6 +49,8 @@ class ClientErrors:
 
 @dataclass
 class StageClients:
+    """The Kafka clients of one stage process."""
+
     consumer: Consumer
     producer: Producer
     # None when the process reads no retry topics (no retry levels configured).

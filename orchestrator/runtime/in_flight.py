@@ -66,6 +66,9 @@ Finish = Callable[[list[StartedEffect], "Checkpoint"], tuple[list[Record], list[
 
 
 class InFlightQueue:
+    """The batches waiting for their effects, oldest first, at most `IN_FLIGHT_BATCHES_MAX`
+    (the loop waits for the oldest instead of consuming while it is full)."""
+
     def __init__(self) -> None:
         self._batches: deque[InFlightBatch] = deque()
 
