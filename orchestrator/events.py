@@ -397,18 +397,7 @@ class EventCodec(SchemaFamily):
         buffer = io.BytesIO()
         buffer.write(SINGLE_OBJECT_MAGIC)
         buffer.write(self.writer.fingerprint)
-        fastavro.schemaless_writer(buffer, parts.head, {
-            "event_id": event.event_id,
-            "event_type": event.event_type,
-            "schema_version": self.writer.version,
-            "occurred_at": event.occurred_at,
-            "correlation_id": event.correlation_id,
-            "causation_id": event.causation_id,
-            "tenant_id": event.tenant_id,
-            "region": event.region,
-            "traceparent": event.traceparent,
-            "stage": event.stage,
-        })
+        fastavro.schemaless_writer(buffer, parts.head, self._head_record(event))
         cached = self.payments.get(event.correlation_id)
         if cached is not None and cached.payment is event.payment and cached.version == self.writer.version:
             buffer.write(cached.data)
@@ -419,12 +408,12 @@ class EventCodec(SchemaFamily):
             self.payments.put(event.correlation_id, _CachedPayment(self.writer.version, data, event.payment))
             buffer.write(data)
         tail_at = buffer.tell()
-        fastavro.schemaless_writer(buffer, parts.tail,
-                                   {"payload": (f"payorch.events.{event.event_type}", event.payload)})
+        fastavro.schemaless_writer(buffer, parts.tail, self._tail_record(event))
         return buffer.getvalue(), tail_at
 
-    def _encode_whole(self, event: Event) -> bytes:
-        record = {
+    def _head_record(self, event: Event) -> dict:
+        """The envelope's fields before `payment`."""
+        return {
             "event_id": event.event_id,
             "event_type": event.event_type,
             "schema_version": self.writer.version,
@@ -435,12 +424,20 @@ class EventCodec(SchemaFamily):
             "region": event.region,
             "traceparent": event.traceparent,
             "stage": event.stage,
-            "payment": payment_to_record(event.payment),
-            # The union branch is named explicitly so no guessing by shape can pick a
-            # wrong record whose fields happen to fit.
-            "payload": (f"payorch.events.{event.event_type}", event.payload),
         }
-        return self.write(record)
+
+    def _encode_whole(self, event: Event) -> bytes:
+        return self.write({
+            **self._head_record(event),
+            "payment": payment_to_record(event.payment),
+            **self._tail_record(event),
+        })
+
+    @staticmethod
+    def _tail_record(event: Event) -> dict:
+        """The envelope's fields after `payment`. The union branch is named explicitly so
+        no guessing by shape can pick a wrong record whose fields happen to fit."""
+        return {"payload": (f"payorch.events.{event.event_type}", event.payload)}
 
     def decode(self, data: bytes) -> Event:
         version = self.writer_version_of(data)
