@@ -565,8 +565,9 @@ def _pacs008(amount: str = "125.50") -> bytes:
     body = {**sample_body("emea"), "amount": amount}
     payment = normalise_payment(CreditTransferIn.model_validate(body).to_payment(
         "6d1b0f9e-2c4a-4b8e-9f3d-7a5c1e0b2d44", "emea"))
+    # Created now: the interbank settlement date follows the creation date, and a past one is refused.
     return build_pacs008([payment], TENANTS["emea"].rails_by_name["sepa_inst"], message_id="MSG-LAYOUT-1",
-                         created_at=datetime(2026, 12, 6, 10, 0, tzinfo=UTC))
+                         created_at=datetime.now(UTC))
 
 
 def post_xml(world: World, document: bytes, key: str):
