@@ -48,7 +48,8 @@ import bench_report  # noqa: E402
 import relay_baseline  # noqa: E402
 from bench_loadgen import LoadgenError, build_loadgen, run_loadgen  # noqa: E402
 from bench_safety import NotLoopback, require_loopback_bootstrap, require_loopback_url  # noqa: E402
-from bench_stack import CPU_SAMPLE_INTERVAL_S, CpuSampler, OwnStack, StackInfo, read_pids  # noqa: E402
+from bench_stack import (CPU_SAMPLE_INTERVAL_S, MAX_TENANT_FILES, CpuSampler, OwnStack, StackInfo,  # noqa: E402
+                         read_pids)
 from bench_traffic import TrafficMix, load_default_tenants, write_requests  # noqa: E402
 
 DEFAULTS = {"rates": "100,250,500,1000,1500,2000", "step_duration": 20.0, "warmup": 60.0, "idle": 15.0,
@@ -265,6 +266,8 @@ def _run_info(args: argparse.Namespace, started_at: datetime) -> dict:
         stack = "its own payorch up"
         if args.stage_processes is not None:
             stack += " with stage processes " + ",".join("+".join(stages) for stages in args.stage_processes)
+        if args.tenant_files is not None:
+            stack += f" with {args.tenant_files} tenant files (traffic to the four sample tenants)"
         delivery = "at least once" if args.at_least_once else "exactly once (Kafka transactions)"
     return {"started_at": started_at.isoformat(timespec="seconds"), "commit": _commit(), "stack": stack,
             "delivery": delivery, "cpu_count": os.cpu_count(), "rates": args.rates,
@@ -282,7 +285,8 @@ def run(args: argparse.Namespace) -> dict:
         else:
             stack = cleanup.enter_context(OwnStack(exactly_once=not args.at_least_once,
                                                    keep_logs_in=args.out / "logs",
-                                                   stage_processes=args.stage_processes))
+                                                   stage_processes=args.stage_processes,
+                                                   tenant_files=args.tenant_files))
         pids = read_pids(stack.run_dir) if stack.run_dir else {}
         sampler = cleanup.enter_context(CpuSampler(pids) if pids else nullcontext())
         bench = Bench(args, stack, loadgen, work, sampler)
@@ -322,6 +326,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="own stack with these stage processes instead of payorch up's default plan: "
                              "processes separated by commas, a process's stages joined by '+', e.g. "
                              "initiation+sanctions+fraud+routing,execution+ledger+settlement,tracking")
+    parser.add_argument("--tenant-files", type=int,
+                        help="own stack configured with this many tenant files: the project's four and copies "
+                             "of them under other ids, which get no traffic (issue #9: cost grows with work, "
+                             f"not with configuration); at most {MAX_TENANT_FILES}")
     parser.add_argument("--url", help="benchmark a running stack at this loopback URL instead of starting one")
     parser.add_argument("--run-dir", type=Path, help="with --url: its pid files' folder, for CPU per process")
     parser.add_argument("--bootstrap", help="with --url: its Kafka bootstrap address, for the relay baseline")
@@ -347,6 +355,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--step-duration must be in (0, {MAX_STEP_S:.0f}], --warmup and --drain in [0, 3600]")
     if not 1 <= args.connections <= 10_000:
         parser.error("--connections must be in [1, 10000]")
+    if args.tenant_files is not None:
+        if args.url:
+            parser.error("--tenant-files starts an own stack; a running stack keeps its own tenants")
+        if not 4 <= args.tenant_files <= MAX_TENANT_FILES:
+            parser.error(f"--tenant-files must be in [4, {MAX_TENANT_FILES}]")
     if not args.url and (args.run_dir or args.bootstrap or args.keys_file):
         parser.error("--run-dir, --bootstrap and --keys-file go with --url (the own stack's are known)")
     if args.url and args.keys_file is None:

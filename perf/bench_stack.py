@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -30,6 +31,8 @@ UP_STOP_TIMEOUT_S = 90
 # `payorch up` gives each rail's simulator the port after the previous one.
 SIMULATOR_PORTS = 16
 BOOTSTRAP_LINE = "local Kafka ready at "
+# The tenant files a stack may be given at most (--tenant-files); each adds 45 topics.
+MAX_TENANT_FILES = 64
 CPU_SAMPLE_INTERVAL_S = 0.25
 
 
@@ -45,11 +48,13 @@ class OwnStack:
     """`payorch up` in a temporary folder; a context manager that always stops it."""
 
     def __init__(self, *, exactly_once: bool, keep_logs_in: Path,
-                 stage_processes: tuple[tuple[str, ...], ...] | None = None) -> None:
+                 stage_processes: tuple[tuple[str, ...], ...] | None = None, tenant_files: int | None = None) -> None:
         self.exactly_once = exactly_once
         self.stage_processes = stage_processes
         self.keep_logs_in = keep_logs_in
         self.work = Path(tempfile.mkdtemp(prefix="payorch-bench-"))
+        self.tenants_dir = (write_tenant_files(self.work / "tenants", tenant_files)
+                            if tenant_files is not None else None)
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> StackInfo:
@@ -61,6 +66,8 @@ class OwnStack:
                     "PAYORCH_CLEARING__BASE_URL": f"http://127.0.0.1:{simulator_port}",
                     "PAYORCH_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1",
                     "PAYORCH_RUNTIME__EXACTLY_ONCE": "true" if self.exactly_once else "false"})
+        if self.tenants_dir is not None:
+            env["PAYORCH_TENANTS_DIR"] = str(self.tenants_dir)
         if self.stage_processes is not None:
             env["PAYORCH_STAGE_PROCESSES"] = json.dumps([list(stages) for stages in self.stage_processes])
         print(f"starting payorch up in {self.work} ...", flush=True)
@@ -114,6 +121,38 @@ class OwnStack:
             shutil.copytree(self.work / "logs", self.keep_logs_in, dirs_exist_ok=True)
         # The broker's data of a full ramp is hundreds of megabytes; the logs are kept.
         shutil.rmtree(self.work, ignore_errors=True)
+
+
+def write_tenant_files(folder: Path, total: int) -> Path:
+    """The project's tenant files and copies of them, `total` files in all, into `folder`.
+
+    A copy is its original under another id (`emea2`, `na2`, ... then `emea3`, ...),
+    with its rails renamed the same way (`sepa_inst2`: the clearing simulator serves each
+    rail name once): the same rails, limits and watch lists, and its own 45 topics. The harness sends
+    traffic to the original tenants only, so the copies are configuration without work,
+    which is what issue #9's "cost grows with work, not with configuration" compares.
+    """
+    originals = sorted((REPO_ROOT / "tenants").glob("*.yaml"))
+    if not len(originals) <= total <= MAX_TENANT_FILES:
+        raise ValueError(f"tenant files must be between {len(originals)} and {MAX_TENANT_FILES}, not {total}")
+    folder.mkdir(parents=True, exist_ok=True)
+    for original in originals:
+        shutil.copyfile(original, folder / original.name)
+    for index in range(total - len(originals)):
+        original = originals[index % len(originals)]
+        suffix = str(index // len(originals) + 2)
+        copy_id = f"{original.stem}{suffix}"
+        text, replaced = re.subn(rf"^tenant_id: {original.stem}$", f"tenant_id: {copy_id}",
+                                 original.read_text(encoding="utf-8"), count=1, flags=re.MULTILINE)
+        if replaced != 1:
+            raise ValueError(f"{original}: no 'tenant_id: {original.stem}' line to rename")
+        # Rail names, and so the clearing simulator's endpoints, are unique across tenants.
+        rails = re.findall(r"^  - name: ([a-z0-9_]+)$", text, flags=re.MULTILINE)
+        for rail in rails:
+            text = re.sub(rf"^  - name: {rail}$", f"  - name: {rail}{suffix}", text, flags=re.MULTILINE)
+            text = text.replace(f"/rails/{rail}/", f"/rails/{rail}{suffix}/")
+        (folder / f"{copy_id}.yaml").write_text(text, encoding="utf-8")
+    return folder
 
 
 def read_pids(run_dir: Path) -> dict[str, int]:

@@ -94,3 +94,44 @@ def test_traffic_covers_every_tenant_and_rail_with_some_that_must_not_settle() -
     assert len({body["debtor"]["name"] for _, body in payments}) > 900
     assert sum(body["debtor"]["name"] in watchlisted for _, body in payments) == 4
     assert sum(body["amount"] == f"{tenants[t].fraud.review_amount + 1:.2f}" for t, body in payments) == 4
+
+
+def test_tenant_files_for_a_stack_are_the_originals_and_renamed_copies(tmp_path):
+    from bench_stack import write_tenant_files
+
+    from orchestrator.tenants import load_tenants
+
+    folder = write_tenant_files(tmp_path / "tenants", 10)
+    tenants = load_tenants(folder)  # every copy is a valid tenant file, named after its id
+    assert sorted(tenants) == ["apac", "apac2", "apac3", "emea", "emea2", "emea3", "latam", "latam2", "na", "na2"]
+    original, copy = tenants["emea"], tenants["emea3"]
+    assert copy.currencies == original.currencies and copy.funding == original.funding
+    # The same rails under other names: the clearing simulator serves a rail name once.
+    assert [rail.name for rail in copy.rails] == [f"{rail.name}3" for rail in original.rails]
+    assert [rail.clearing.endpoint_path for rail in copy.rails] == [
+        rail.clearing.endpoint_path.replace(f"/{rail.name}/", f"/{rail.name}3/") for rail in original.rails]
+    assert [rail.model_copy(update={"name": "x", "clearing": None}) for rail in copy.rails] == [
+        rail.model_copy(update={"name": "x", "clearing": None}) for rail in original.rails]
+    rail_names = [rail.name for tenant in tenants.values() for rail in tenant.rails]
+    assert len(rail_names) == len(set(rail_names))
+    assert (folder / "emea.yaml").read_bytes() == (REPO_ROOT / "tenants" / "emea.yaml").read_bytes()
+
+
+@pytest.mark.parametrize("total", [3, 65])
+def test_tenant_files_outside_the_bounds_are_refused(tmp_path, total):
+    from bench_stack import write_tenant_files
+
+    with pytest.raises(ValueError, match="tenant files must be between 4 and 64"):
+        write_tenant_files(tmp_path / "tenants", total)
+
+
+def test_the_bench_refuses_tenant_files_for_a_running_stack_or_out_of_bounds(capsys):
+    import bench
+
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--tenant-files", "16", "--url", "http://127.0.0.1:8080"])
+    assert "--tenant-files starts an own stack" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--tenant-files", "2"])
+    assert "--tenant-files must be in [4, 64]" in capsys.readouterr().err
+    assert bench.parse_args(["--tenant-files", "16", "--out", "/tmp/x"]).tenant_files == 16
