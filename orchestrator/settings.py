@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orchestrator.topics import STAGE_NAMES, in_flow_order
@@ -100,6 +100,39 @@ class RuntimeSettings(BaseModel):
     drill_hold_transaction_s: float = Field(default=0.0, ge=0, le=60)
 
 
+JwtAlgorithm = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
+
+
+class JwtSettings(BaseModel):
+    """Bearer JWTs from a bank's identity provider (orchestrator/intake/jwt_bearer.py).
+
+    Only asymmetric algorithms can be listed: a shared-secret (HS*) or unsigned token is
+    never accepted. Exactly one key set source: a JWKS file, or an https URL."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    issuer: str = Field(min_length=1)
+    audience: str = Field(min_length=1)
+    jwks_file: Path | None = None
+    jwks_url: str | None = Field(default=None, pattern=r"^https://[^\s]+$")
+    tenant_claim: str = Field(default="payorch_tenant", min_length=1)
+    scope_claim: str = Field(default="scope", min_length=1)
+    algorithms: tuple[JwtAlgorithm, ...] = Field(default=("RS256", "PS256", "ES256"), min_length=1)
+    # Clock skew allowed on exp, nbf and iat.
+    leeway_s: int = Field(default=30, ge=0, le=300)
+    # Longer-lived tokens are refused: a stolen one should not work for a day.
+    max_lifetime_s: int = Field(default=3_600, ge=60, le=86_400)
+    # A JWKS URL is read again this often, and on an unknown kid at most this often.
+    jwks_cache_s: float = Field(default=300.0, ge=10, le=86_400)
+    jwks_refresh_min_s: float = Field(default=30.0, ge=1, le=3_600)
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> JwtSettings:
+        if (self.jwks_file is None) == (self.jwks_url is None):
+            raise ValueError("give exactly one of jwks_file and jwks_url")
+        return self
+
+
 class IntakeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -143,6 +176,8 @@ class IntakeSettings(BaseModel):
     # `rate-limited` past it; orchestrator/intake/rate_limit.py). Per intake process.
     submit_rate_per_credential_per_s: float = Field(default=5_000.0, gt=0, le=1_000_000)
     submit_burst_per_credential: int = Field(default=10_000, ge=1, le=10_000_000)
+    # Bearer JWTs from an identity provider, besides API keys; None accepts API keys only.
+    jwt: JwtSettings | None = None
 
 
 class ClearingSettings(BaseModel):

@@ -47,6 +47,7 @@ from orchestrator.intake.credentials import (
     CredentialStore,
 )
 from orchestrator.intake.idempotency import AcceptedAnswer, IdempotencyStore
+from orchestrator.intake.jwt_bearer import JwtRejected, JwtVerifier, looks_like_jwt
 from orchestrator.intake.models import CreditTransferIn
 from orchestrator.intake.openapi import install as install_openapi
 from orchestrator.intake.problems import JsonResponse, Problem
@@ -166,6 +167,7 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
         state["publisher"] = publisher or EventPublisher(producer, codec, namer)
         state["idempotency"] = IdempotencyStore(settings.data_dir / "intake.sqlite")
         state["credentials"] = CredentialStore(settings.data_dir / CREDENTIALS_FILE)
+        state["jwt"] = JwtVerifier(settings.intake.jwt, tenants) if settings.intake.jwt is not None else None
         state["tracking"] = None
         state["admission"] = AdmissionGate(settings.intake, flow_health)
         state["rate_limit"] = SubmissionRateLimit(settings.intake.submit_rate_per_credential_per_s,
@@ -227,10 +229,18 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
         if scheme.lower() != "bearer" or not key.strip():
             raise Problem("unauthenticated", "the Authorization header must read: Bearer <key>",
                           headers={"WWW-Authenticate": _BEARER_CHALLENGE + ', error="invalid_request"'})
-        credential = state["credentials"].verify(key.strip())
-        if credential is None:
-            raise Problem("unauthenticated", "the API key is not valid (unknown, mistyped or revoked)",
-                          headers={"WWW-Authenticate": _BEARER_CHALLENGE + ', error="invalid_token"'})
+        key = key.strip()
+        if state["jwt"] is not None and looks_like_jwt(key):
+            try:
+                credential = state["jwt"].verify(key)
+            except JwtRejected as rejected:
+                raise Problem("unauthenticated", f"the bearer token is not valid: {rejected}",
+                              headers={"WWW-Authenticate": _BEARER_CHALLENGE + ', error="invalid_token"'}) from None
+        else:
+            credential = state["credentials"].verify(key)
+            if credential is None:
+                raise Problem("unauthenticated", "the API key is not valid (unknown, mistyped or revoked)",
+                              headers={"WWW-Authenticate": _BEARER_CHALLENGE + ', error="invalid_token"'})
         if scope not in credential.scopes:
             raise Problem("forbidden", f"credential {credential.key_id} does not have the {scope} scope")
         request.state.credential = credential

@@ -105,7 +105,9 @@ def describe(app: FastAPI) -> dict[str, Any]:
     schemas["PaymentAccepted"] = _ACCEPTED_SCHEMA
     schemas["DocumentAccepted"] = _ACCEPTED_DOCUMENT_SCHEMA
     components["securitySchemes"] = {"apiKey": {"type": "http", "scheme": "bearer",
-                                                "description": "An API key of one tenant (`payorch apikey create`)"}}
+                                                "description": "An API key of one tenant (`payorch apikey create`), or, where the "
+                                                               "intake is configured for it, a JWT from the bank's "
+                                                               "identity provider naming the tenant and scopes"}}
     document["security"] = [{"apiKey": []}]
     paths = document["paths"]
     for path in ("/healthz", "/readyz"):
