@@ -118,7 +118,10 @@ class DeadLetters:
 
     def messages(self) -> Iterator[Message]:
         """Every dead letter currently stored, oldest first per partition."""
-        consumer = Consumer({**self.settings.kafka.client_config(), "group.id": "payorch.dlq-inspector",
+        # The deployment's own prefix, so its access policy (a tenant's groups) covers it; it
+        # never commits, it only names the reader.
+        consumer = Consumer({**self.settings.kafka.client_config(),
+                             "group.id": f"{self.settings.consumer_group_prefix}.dlq-inspector",
                              "enable.auto.commit": False, "enable.partition.eof": True})
         try:
             assignments = []

@@ -92,7 +92,7 @@ class Stage:
 
     @property
     def transactional(self) -> bool:
-        # A sink (no output topic) commits at least once whatever the mode (runtime.py).
+        # A sink (no output topic) commits at least once whatever the mode (orchestrator/runtime/checkpoint.py).
         return bool(self.outputs)
 
     @property
@@ -146,7 +146,7 @@ def kafka_statements(stage: Stage | None, *, intake: bool = False, operator: boo
 
     A stage reads its input topics and their retry topics (its retry consumer), writes its
     output topic(s), and writes the retry and dead-letter topics of its inputs
-    (`<topic>.retry.N`, `<topic>.dlq`, runtime.py). Its consumer groups are
+    (`<topic>.retry.N`, `<topic>.dlq`, orchestrator/runtime/failures.py). Its consumer groups are
     `<prefix>.<stage>` and `<prefix>.<stage>.retry`; its transactional id is
     `<prefix>.<stage>.<instance>`. WriteDataIdempotently: every producer has
     enable.idempotence on (kafka_clients.py)."""
@@ -169,8 +169,8 @@ def kafka_statements(stage: Stage | None, *, intake: bool = False, operator: boo
              "Resource": [msk_arn("topic", every), msk_arn("topic", every + ".*")]},
             {"Sid": "OperatorGroups", "Effect": "Allow",
              "Action": ["kafka-cluster:AlterGroup", "kafka-cluster:DescribeGroup"],
-             # dlq.py reads with the fixed group `payorch.dlq-inspector` (not the prefix).
-             "Resource": [msk_arn("group", "payorch.dlq-inspector")]},
+             # dlq.py reads with the group `<prefix>.dlq-inspector`, the tenant's prefix.
+             "Resource": [msk_arn("group", "payorch-${Tenant}.dlq-inspector")]},
         ]
         return statements
     if intake:

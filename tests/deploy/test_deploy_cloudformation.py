@@ -80,7 +80,7 @@ def test_iam_is_least_privilege():
                 if not scoped:  # cluster-level actions: the one cluster
                     assert resources == '[{"Ref": "MskClusterArn"}]', (path.name, role, resources)
                 for kind, name in scoped:
-                    assert "${Tenant}" in name or name == "payorch.dlq-inspector", (path.name, role, kind, name)
+                    assert "${Tenant}" in name, (path.name, role, kind, name)
             if any(a.startswith("dynamodb:") for a in actions):
                 assert "dynamodb:CreateTable" not in actions and "dynamodb:DeleteTable" not in actions
                 for arn in re.findall(r"table/([^\"]+)", resources):

@@ -31,7 +31,8 @@ OTHER_RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
 def public_jwk(private_key, kid: str, **extra) -> dict:
-    algorithm = jwt.algorithms.RSAAlgorithm if isinstance(private_key, rsa.RSAPrivateKey) else jwt.algorithms.ECAlgorithm
+    rsa_key = isinstance(private_key, rsa.RSAPrivateKey)
+    algorithm = jwt.algorithms.RSAAlgorithm if rsa_key else jwt.algorithms.ECAlgorithm
     jwk = json.loads(algorithm.to_jwk(private_key.public_key()))
     return {**jwk, "kid": kid, "use": "sig", **extra}
 
