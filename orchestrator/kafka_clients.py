@@ -80,7 +80,8 @@ def region_kafka(settings: Settings) -> KafkaSettings:
     tenants = load_selected_tenants(settings.tenants_dir, settings.tenant_filter())
     cluster = resolve_process_cluster({tid: cfg.regions for tid, cfg in tenants.items()}, settings.region,
                                       own_bootstrap=kafka.bootstrap_servers,
-                                      region_bootstrap=kafka.region_bootstrap_servers)
+                                      region_bootstrap=kafka.region_bootstrap_servers,
+                                      tenants_dir=str(settings.tenants_dir))
     if cluster is None:
         resolved = kafka
     else:

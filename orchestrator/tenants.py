@@ -183,7 +183,9 @@ class TenantConfig(_Strict):
     # The tenant's regions (two for active/active), each with its Kafka cluster and the
     # replication naming in use (orchestrator/topology.py). A bare name is a region
     # without a cluster configured.
-    regions: tuple[RegionConfig, ...] = Field(min_length=1, max_length=2)
+    # (How many, one or two, is checked with the rest in `validate_regions`, so that a
+    # typo in one region is reported alone.)
+    regions: tuple[RegionConfig, ...]
     currencies: tuple[str, ...] = Field(min_length=1)
     max_amount: Decimal
     duplicate_window_s: int = Field(default=86_400, gt=0)

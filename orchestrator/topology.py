@@ -189,6 +189,8 @@ def regions_from_yaml(value: object) -> object:
 def validate_regions(regions: Sequence[RegionConfig]) -> None:
     """Rules across a tenant's regions (raises ValueError)."""
     names = [region.name for region in regions]
+    if not 1 <= len(names) <= 2:
+        raise ValueError(f"a tenant has one or two regions, not {len(names)}")
     if len(set(names)) != len(names):
         raise ValueError(f"regions names a region twice: {names}")
     if len(regions) == 1 and regions[0].replication is not None:
@@ -290,7 +292,7 @@ def region_env_keys(tenant: str, region: str) -> tuple[str, str]:
 
 
 def bootstrap_for(tenant: str, region: RegionConfig, *, own_region: str, own_bootstrap: str | None,
-                  region_bootstrap: Mapping[str, str]) -> tuple[str | None, str]:
+                  region_bootstrap: Mapping[str, str], file: str | None = None) -> tuple[str | None, str]:
     """A region's bootstrap servers and where they came from: the first of
     PAYORCH_KAFKA__REGION_BOOTSTRAP_SERVERS["<tenant>/<region>"], ["<region>"];
     PAYORCH_KAFKA__BOOTSTRAP_SERVERS if the process runs in that region; the tenant file."""
@@ -300,25 +302,27 @@ def bootstrap_for(tenant: str, region: RegionConfig, *, own_region: str, own_boo
     if region.name == own_region and own_bootstrap:
         return own_bootstrap, "PAYORCH_KAFKA__BOOTSTRAP_SERVERS"
     if region.kafka is not None and region.kafka.bootstrap_servers:
-        return region.kafka.bootstrap_servers, f"tenants/{tenant}.yaml"
+        return region.kafka.bootstrap_servers, file or f"tenants/{tenant}.yaml"
     return None, ""
 
 
 def resolve_region(tenant: str, regions: Sequence[RegionConfig], region: str, *, own_region: str,
-                   own_bootstrap: str | None, region_bootstrap: Mapping[str, str]) -> ResolvedCluster:
+                   own_bootstrap: str | None, region_bootstrap: Mapping[str, str],
+                   tenants_dir: str = "tenants") -> ResolvedCluster:
     """The cluster of one tenant's region, or a TopologyError that says what is missing."""
     config = _region(regions, region, tenant)
+    file = f"{tenants_dir}/{tenant}.yaml"
     index = [r.name for r in regions].index(region)
     if config.kafka is None:
         raise TopologyError(
-            f"tenants/{tenant}.yaml: region {region} has no Kafka cluster configured: give regions[{index}] a "
+            f"{file}: region {region} has no Kafka cluster configured: give regions[{index}] a "
             "`kafka:` block (security, and bootstrap_servers or the environment's)")
     bootstrap, source = bootstrap_for(tenant, config, own_region=own_region, own_bootstrap=own_bootstrap,
-                                      region_bootstrap=region_bootstrap)
+                                      region_bootstrap=region_bootstrap, file=file)
     if not bootstrap:
         own = f", or PAYORCH_KAFKA__BOOTSTRAP_SERVERS in a process that runs in {region}" if region == own_region else ""
         raise TopologyError(
-            f"tenants/{tenant}.yaml: region {region} has no bootstrap servers: set regions[{index}].kafka."
+            f"{file}: region {region} has no bootstrap servers: set regions[{index}].kafka."
             f"bootstrap_servers, or PAYORCH_KAFKA__REGION_BOOTSTRAP_SERVERS="
             f"'{{\"{tenant}/{region}\": \"host:port,...\"}}' (or the key \"{region}\"){own}")
     return ResolvedCluster(bootstrap_servers=bootstrap, security=config.kafka.security,
@@ -330,7 +334,8 @@ def is_local_region(name: str) -> bool:
 
 
 def resolve_process_cluster(tenants: Mapping[str, Sequence[RegionConfig]], region: str, *,
-                            own_bootstrap: str | None, region_bootstrap: Mapping[str, str]) -> ResolvedCluster | None:
+                            own_bootstrap: str | None, region_bootstrap: Mapping[str, str],
+                            tenants_dir: str = "tenants") -> ResolvedCluster | None:
     """The one cluster a process in `region` hosting `tenants` ({tenant: its regions})
     connects to; None for a local region (`local-*`, the default `local-a`), which keeps
     the process's own PAYORCH_KAFKA__* settings (`payorch up`, tests)."""
@@ -344,7 +349,7 @@ def resolve_process_cluster(tenants: Mapping[str, Sequence[RegionConfig]], regio
             f"runs in one region of the tenants it hosts (PAYORCH_TENANTS), or in a local region "
             f"({LOCAL_REGION_PREFIX}*) with PAYORCH_KAFKA__BOOTSTRAP_SERVERS")
     resolved = {tenant: resolve_region(tenant, regs, region, own_region=region, own_bootstrap=own_bootstrap,
-                                       region_bootstrap=region_bootstrap)
+                                       region_bootstrap=region_bootstrap, tenants_dir=tenants_dir)
                 for tenant, regs in sorted(tenants.items())}
     clusters = {(c.bootstrap_servers, c.security, c.signing_region) for c in resolved.values()}
     if len(clusters) > 1:
