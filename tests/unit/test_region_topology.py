@@ -353,3 +353,20 @@ def test_unknown_regions_and_non_topics_are_refused():
                                           "regions": [iam("eu-west-1")]})
     with pytest.raises(TopologyError, match="only the region eu-west-1"):
         single.topic_in_other_region("eu-west-1", RECEIVED)
+
+
+def test_payorch_run_refuses_to_start_in_a_region_without_a_cluster_and_says_why(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    directory = tenant_dir(tmp_path, [iam("eu-west-1"), "eu-central-1"])
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PAYORCH_")}
+    env.update(PAYORCH_TENANTS_DIR=str(directory), PAYORCH_TENANTS="emea", PAYORCH_REGION="eu-central-1",
+               PAYORCH_KAFKA__BOOTSTRAP_SERVERS="b-1.x:9098", PAYORCH_DATA_DIR=str(tmp_path / "data"))
+    result = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", "initiation"], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (f"payorch: {directory}/emea.yaml: region eu-central-1 has no Kafka cluster "
+                                     "configured: give regions[1] a `kafka:` block (security, and bootstrap_servers "
+                                     "or the environment's)")
