@@ -10,9 +10,9 @@ from the process's AWS credentials: no network call, except what the credential 
 itself does (container or instance credentials, STS for a role).
 
 librdkafka asks for a token through `oauth_cb` when a client starts and again before the
-current one expires (at about 80 % of its lifetime), and re-authenticates its broker
-connections with the fresh one when the broker's session ends (KIP-368; MSK bounds an IAM
-session by the token's lifetime). confluent-kafka expects `(token, expiry)` with the
+current one expires (at about 80 % of its lifetime), and re-authenticates its open broker
+connections with the fresh one when the broker's session lifetime requires it (KIP-368,
+librdkafka 2.2 and later). confluent-kafka expects `(token, expiry)` with the
 expiry in seconds since the epoch; the signer answers milliseconds, hence `/ 1000`.
 
 Errors: when the callback raises, confluent-kafka drops the exception, tells librdkafka
