@@ -73,7 +73,9 @@ def region_kafka(settings: Settings) -> KafkaSettings:
     contradicts the tenant file.
     """
     kafka = settings.kafka
-    key = (str(settings.tenants_dir), settings.tenants, settings.region, kafka.model_dump_json())
+    # (model_dump_json masks the SASL password, so it is part of the key on its own.)
+    key = (str(settings.tenants_dir), settings.tenants, settings.region, kafka.model_dump_json(),
+           kafka.sasl_password.get_secret_value() if kafka.sasl_password else None)
     cached = _REGION_KAFKA.get(key)
     if cached is not None:
         return cached

@@ -339,6 +339,8 @@ def resolve_process_cluster(tenants: Mapping[str, Sequence[RegionConfig]], regio
     """The one cluster a process in `region` hosting `tenants` ({tenant: its regions})
     connects to; None for a local region (`local-*`, the default `local-a`), which keeps
     the process's own PAYORCH_KAFKA__* settings (`payorch up`, tests)."""
+    if not tenants:
+        raise TopologyError("no tenants to resolve a cluster for")
     if is_local_region(region) and not any(region in {r.name for r in regs} for regs in tenants.values()):
         return None
     outside = sorted(tenant for tenant, regs in tenants.items() if region not in {r.name for r in regs})
@@ -357,6 +359,4 @@ def resolve_process_cluster(tenants: Mapping[str, Sequence[RegionConfig]], regio
         raise TopologyError(
             f"the tenants of this process have different clusters in {region} ({described}); a process connects "
             "to one cluster: run each tenant's processes separately (PAYORCH_TENANTS)")
-    if not resolved:
-        raise TopologyError("no tenants to resolve a cluster for")
     return next(iter(resolved.values()))
