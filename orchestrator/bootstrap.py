@@ -8,19 +8,12 @@ from __future__ import annotations
 
 from orchestrator.events import EventCodec
 from orchestrator.settings import Settings
-from orchestrator.tenants import TenantConfig, load_tenants
+from orchestrator.tenants import TenantConfig, load_selected_tenants
 from orchestrator.topics import STAGE_NAMES, in_flow_order
 
 
 def load_configured_tenants(settings: Settings) -> dict[str, TenantConfig]:
-    tenants = load_tenants(settings.tenants_dir)
-    wanted = settings.tenant_filter()
-    if wanted:
-        unknown = wanted - set(tenants)
-        if unknown:
-            raise ValueError(f"PAYORCH_TENANTS names unknown tenants: {sorted(unknown)}")
-        tenants = {tid: cfg for tid, cfg in tenants.items() if tid in wanted}
-    return tenants
+    return load_selected_tenants(settings.tenants_dir, settings.tenant_filter())
 
 
 def make_codec(settings: Settings) -> EventCodec:

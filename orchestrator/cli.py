@@ -23,12 +23,21 @@ app.add_typer(dlq_app, name="dlq")
 app.add_typer(ledger_app, name="ledger")
 
 
+def _check_cluster(settings) -> None:
+    """Refuse to start, with the reason, when the tenant files and the environment name
+    no usable Kafka cluster for this process's region (orchestrator/topology.py)."""
+    from orchestrator.kafka_clients import region_kafka
+
+    region_kafka(settings)
+
+
 @app.command()
 def up() -> None:
     """Run everything on this machine (a local Kafka broker when none is configured)."""
     from orchestrator.supervisor import Supervisor
 
     settings = get_settings()
+    _check_cluster(settings)
     configure_logging("supervisor", settings.log_level, "text")
     raise typer.Exit(Supervisor(settings, echo=lambda line: print(line, flush=True)).run())
 
@@ -46,6 +55,7 @@ def run(stages: Annotated[list[str], typer.Argument(help=f"one or more of: {', '
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
     settings = get_settings()
+    _check_cluster(settings)
     configure_logging(process_name(names), settings.log_level, settings.log_format)
     run_stages(names, settings, instance_id=instance)
 
@@ -60,6 +70,7 @@ def intake() -> None:
     from orchestrator.intake.server import bounded_protocol
 
     settings = get_settings()
+    _check_cluster(settings)
     configure_logging("intake", settings.log_level, settings.log_format)
     application = create_app(settings, load_configured_tenants(settings))
     protocol = bounded_protocol(header_read_timeout_s=settings.intake.header_read_timeout_s,
@@ -92,6 +103,7 @@ def topics_create() -> None:
     from orchestrator.kafka_clients import create_topics
 
     settings = get_settings()
+    _check_cluster(settings)
     created, existing = create_topics(settings, load_configured_tenants(settings))
     for name in created:
         typer.echo(f"created {name}")
@@ -261,10 +273,17 @@ def demo(
 
 
 def main() -> None:
+    from orchestrator.tenants import TenantConfigError
+    from orchestrator.topology import TopologyError
+
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except (TopologyError, TenantConfigError) as exc:
+        # A configuration that names no usable cluster: the reason, not a traceback.
+        print(f"payorch: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from orchestrator.bootstrap import make_codec
 from orchestrator.events import UndecodableEvent
-from orchestrator.kafka_clients import make_admin, make_producer
+from orchestrator.kafka_clients import client_config, make_admin, make_producer
 from orchestrator.runtime.producing import AckTracker, ProduceFailed, await_acks
 from orchestrator.settings import Settings
 from orchestrator.stages.tracking import TERMINAL_STATUSES, TrackingStore
@@ -120,7 +120,7 @@ class DeadLetters:
         """Every dead letter currently stored, oldest first per partition."""
         # The deployment's own prefix, so its access policy (a tenant's groups) covers it; it
         # never commits, it only names the reader.
-        consumer = Consumer({**self.settings.kafka.client_config(),
+        consumer = Consumer({**client_config(self.settings),
                              "group.id": f"{self.settings.consumer_group_prefix}.dlq-inspector",
                              "enable.auto.commit": False, "enable.partition.eof": True})
         try:

@@ -16,8 +16,10 @@ from collections.abc import Iterable
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
-from orchestrator.settings import Settings
+from orchestrator.settings import KafkaSettings, Settings
+from orchestrator.tenants import load_selected_tenants
 from orchestrator.topics import TopicNamer
+from orchestrator.topology import TopologyError, resolve_process_cluster
 
 log = logging.getLogger("payorch.kafka")
 
@@ -54,6 +56,77 @@ _RETRY_BACKOFF_MS = 5
 _LOW_LATENCY_SOCKETS = {"socket.nagle.disable": True}
 
 
+# The cluster of a process, resolved once per distinct configuration (see region_kafka).
+_REGION_KAFKA: dict[tuple, KafkaSettings] = {}
+
+
+def region_kafka(settings: Settings) -> KafkaSettings:
+    """The Kafka settings of the cluster this process connects to.
+
+    In a local region (`PAYORCH_REGION=local-*`, the default `local-a`) that no tenant
+    names: `settings.kafka` as it is (`payorch up`, the tests, a hand-run stage). In one of
+    its tenants' regions: that region's cluster from the tenant files (orchestrator/
+    topology.py), with its bootstrap servers from the environment where given, and its
+    security: `msk_iam` makes the clients SASL_SSL/OAUTHBEARER with an MSK IAM token.
+    Raises TopologyError, naming the file and what is missing, when a region has no
+    cluster, and when an explicit PAYORCH_KAFKA__SECURITY_PROTOCOL or __SASL_MECHANISM
+    contradicts the tenant file.
+    """
+    kafka = settings.kafka
+    # (model_dump_json masks the SASL password, so it is part of the key on its own.)
+    key = (str(settings.tenants_dir), settings.tenants, settings.region, kafka.model_dump_json(),
+           kafka.sasl_password.get_secret_value() if kafka.sasl_password else None)
+    cached = _REGION_KAFKA.get(key)
+    if cached is not None:
+        return cached
+    tenants = load_selected_tenants(settings.tenants_dir, settings.tenant_filter())
+    cluster = resolve_process_cluster({tid: cfg.regions for tid, cfg in tenants.items()}, settings.region,
+                                      own_bootstrap=kafka.bootstrap_servers,
+                                      region_bootstrap=kafka.region_bootstrap_servers,
+                                      tenants_dir=str(settings.tenants_dir))
+    if cluster is None:
+        resolved = kafka
+    else:
+        protocol, mechanism = ("SASL_SSL", "OAUTHBEARER") if cluster.security == "msk_iam" else ("PLAINTEXT", None)
+        explicit = kafka.model_fields_set
+        for field, wanted, variable in (("security_protocol", protocol, "SECURITY_PROTOCOL"),
+                                        ("sasl_mechanism", mechanism, "SASL_MECHANISM")):
+            given = getattr(kafka, field)
+            if field in explicit and given != wanted:
+                raise TopologyError(
+                    f"PAYORCH_KAFKA__{variable}={given} contradicts the tenant file: region {settings.region} has "
+                    f"security {cluster.security} ({variable.lower()} {wanted}); unset it or fix the tenant file")
+        resolved = kafka.model_copy(update={
+            "bootstrap_servers": cluster.bootstrap_servers,
+            "security_protocol": protocol,
+            "sasl_mechanism": mechanism,
+            "msk_iam": kafka.msk_iam.model_copy(update={"aws_region": cluster.signing_region}),
+        })
+        log.info("Kafka cluster of region %s: %s, %s (bootstrap servers from %s)", settings.region,
+                 cluster.bootstrap_servers, cluster.security, cluster.source)
+    _REGION_KAFKA[key] = resolved
+    return resolved
+
+
+def client_config(settings: Settings) -> dict:
+    """The connection part of every client's configuration: the process's cluster and
+    its security (`region_kafka`), then PAYORCH_KAFKA__EXTRA."""
+    return region_kafka(settings).client_config()
+
+
+def _construct(factory, config: dict):
+    """A client from its config. With MSK IAM, confluent-kafka waits up to 10 s in the
+    constructor for the first token and then fails with "OAuth token not set" (a
+    SystemError for a Consumer); the callback knows why, so its error is raised instead."""
+    try:
+        return factory(config)
+    except (KafkaException, SystemError) as exc:
+        last_error = getattr(config.get("oauth_cb"), "last_error", None)
+        if last_error:
+            raise KafkaException(KafkaError(KafkaError._AUTHENTICATION, last_error)) from exc
+        raise
+
+
 def producer_config(settings: Settings, client_id: str) -> dict:
     config = dict(_LOW_LATENCY_SOCKETS)
     config.update(
@@ -77,7 +150,7 @@ def producer_config(settings: Settings, client_id: str) -> dict:
         }
     )
     # Operators' librdkafka options (PAYORCH_KAFKA__EXTRA) win over our defaults.
-    config.update(settings.kafka.client_config())
+    config.update(client_config(settings))
     return config
 
 
@@ -110,7 +183,7 @@ def consumer_config(settings: Settings, group_id: str, client_id: str, *, role: 
         }
     )
     # Operators' librdkafka options (PAYORCH_KAFKA__EXTRA) win over our defaults.
-    config.update(settings.kafka.client_config())
+    config.update(client_config(settings))
     return config
 
 
@@ -120,7 +193,7 @@ def make_producer(settings: Settings, client_id: str, *, transactional_id: str |
     config.update(overrides or {})
     if transactional_id is not None:
         config["transactional.id"] = transactional_id
-    return Producer(config)
+    return _construct(Producer, config)
 
 
 def make_consumer(settings: Settings, group_id: str, client_id: str, *, instance_id: str | None = None,
@@ -136,11 +209,11 @@ def make_consumer(settings: Settings, group_id: str, client_id: str, *, instance
         # waiting for the dead member's session to expire and then rebalancing. Each
         # replica of a stage needs its own instance id (`payorch run STAGE --instance N`).
         config["group.instance.id"] = f"{group_id}.{instance_id}"
-    return Consumer(config)
+    return _construct(Consumer, config)
 
 
 def make_admin(settings: Settings) -> AdminClient:
-    return AdminClient(settings.kafka.client_config())
+    return _construct(AdminClient, client_config(settings))
 
 
 def create_topics(settings: Settings, tenants: Iterable[str], *, timeout_s: float = 120.0) -> tuple[list[str], list[str]]:

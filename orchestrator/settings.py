@@ -20,15 +20,46 @@ from orchestrator.topics import STAGE_NAMES, in_flow_order
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+class MskIamSettings(BaseModel):
+    """Amazon MSK IAM authentication (orchestrator/msk_iam.py), used when the SASL
+    mechanism is OAUTHBEARER and a signing region is known: from the tenant file's region
+    (`security: msk_iam`, see orchestrator/topology.py) or set here."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # The AWS Region tokens are signed for (the cluster's). Filled in from the tenant
+    # file's region; set it by hand only for a process outside the tenant topology.
+    aws_region: str | None = Field(default=None, pattern=r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
+    # Credentials: the AWS default chain unless one of these is set (not both).
+    profile: str | None = Field(default=None, min_length=1)
+    role_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
+    session_name: str = Field(default="payorch", pattern=r"^[\w+=,.@-]{2,64}$")
+
+    @model_validator(mode="after")
+    def _one_credential_source(self) -> "MskIamSettings":
+        if self.profile and self.role_arn:
+            raise ValueError("kafka.msk_iam: set profile or role_arn, not both")
+        return self
+
+
 class KafkaSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # None means "start a local broker" for `payorch up`; stages refuse to run without it.
+    # In a process that runs in one of its tenants' regions (PAYORCH_REGION), these are
+    # that region's brokers, unless REGION_BOOTSTRAP_SERVERS names them.
     bootstrap_servers: str | None = None
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["OAUTHBEARER", "PLAIN", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    # MSK IAM: the signing region (normally from the tenant file) and the credentials.
+    msk_iam: MskIamSettings = MskIamSettings()
+    # Bootstrap servers of tenants' regions by "<region>" or "<tenant>/<region>" (the
+    # more specific wins), e.g. '{"eu-central-1": "b-1.x.kafka.eu-central-1.amazonaws.com:9098"}':
+    # so a container is told its clusters by its environment, not by a committed file
+    # (orchestrator/topology.py, `bootstrap_for`).
+    region_bootstrap_servers: dict[str, str] = Field(default_factory=dict)
     # Partitions per topic bound the parallelism of one stage: instances beyond the
     # partitions of its input topics idle. The default suits one machine, where each stage
     # runs once: every partition costs the broker a commit marker per transaction that
@@ -39,19 +70,47 @@ class KafkaSettings(BaseModel):
     replication_factor: int = Field(default=1, ge=1, le=5)
     extra: dict[str, str] = Field(default_factory=dict)
 
-    def client_config(self) -> dict[str, str]:
+    @property
+    def uses_msk_iam(self) -> bool:
+        return self.sasl_mechanism == "OAUTHBEARER" and self.msk_iam.aws_region is not None
+
+    def client_config(self) -> dict[str, object]:
+        """librdkafka properties for every producer, consumer and admin client.
+
+        With MSK IAM (OAUTHBEARER and a signing region), the properties MSK documents:
+        SASL_SSL, OAUTHBEARER, the bootstrap servers on the IAM port (9098 added where
+        none is given) and `oauth_cb`, which signs a fresh token whenever librdkafka asks.
+        `extra` is applied last, as before: an operator's librdkafka option still wins,
+        also over those (a callback cannot be given there: `extra` holds strings).
+        """
         if not self.bootstrap_servers:
             raise RuntimeError("no Kafka bootstrap servers configured (PAYORCH_KAFKA__BOOTSTRAP_SERVERS)")
-        config: dict[str, str] = {
+        config: dict[str, object] = {
             "bootstrap.servers": self.bootstrap_servers,
             "security.protocol": self.security_protocol,
         }
         if self.sasl_mechanism:
             config["sasl.mechanism"] = self.sasl_mechanism
-        if self.sasl_username:
-            config["sasl.username"] = self.sasl_username
-        if self.sasl_password:
-            config["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.uses_msk_iam:
+            from orchestrator.msk_iam import MskIamAuth, msk_iam_client_config
+
+            if self.security_protocol != "SASL_SSL":
+                raise ValueError(f"MSK IAM needs security protocol SASL_SSL, not {self.security_protocol}")
+            auth = MskIamAuth(aws_region=self.msk_iam.aws_region, profile=self.msk_iam.profile,
+                              role_arn=self.msk_iam.role_arn, session_name=self.msk_iam.session_name)
+            config.update(msk_iam_client_config(self.bootstrap_servers, auth))
+        elif self.sasl_mechanism == "OAUTHBEARER" and not any(key.startswith("sasl.oauthbearer.") or
+                                                              key == "enable.sasl.oauthbearer.unsecure.jwt"
+                                                              for key in self.extra):
+            raise ValueError(
+                "SASL mechanism OAUTHBEARER needs a token source: a tenant region with `security: msk_iam` "
+                "(PAYORCH_REGION naming it), PAYORCH_KAFKA__MSK_IAM__AWS_REGION, or librdkafka's own "
+                "sasl.oauthbearer.* options in PAYORCH_KAFKA__EXTRA")
+        else:
+            if self.sasl_username:
+                config["sasl.username"] = self.sasl_username
+            if self.sasl_password:
+                config["sasl.password"] = self.sasl_password.get_secret_value()
         config.update(self.extra)
         return config
 

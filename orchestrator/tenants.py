@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.domain import MoneyError, to_minor_units
+from orchestrator.topology import RegionConfig, name_in_other_region, regions_from_yaml, validate_regions
 
 BankCodeScheme = Literal["aba", "sort_code", "bsb", "ispb", "clabe", "transit", "fast_bank_code"]
 # Optional payment fields a rail's market practice can make mandatory (dotted paths on the
@@ -179,7 +180,12 @@ class RoutingConfig(_Strict):
 class TenantConfig(_Strict):
     tenant_id: str = Field(pattern=r"^[a-z][a-z0-9]{1,15}$")
     display_name: str
-    regions: tuple[str, ...] = Field(min_length=1, max_length=2)
+    # The tenant's regions (two for active/active), each with its Kafka cluster and the
+    # replication naming in use (orchestrator/topology.py). A bare name is a region
+    # without a cluster configured.
+    # (How many, one or two, is checked with the rest in `validate_regions`, so that a
+    # typo in one region is reported alone.)
+    regions: tuple[RegionConfig, ...]
     currencies: tuple[str, ...] = Field(min_length=1)
     max_amount: Decimal
     duplicate_window_s: int = Field(default=86_400, gt=0)
@@ -188,6 +194,17 @@ class TenantConfig(_Strict):
     fraud: FraudConfig
     funding: FundingConfig
     routing: RoutingConfig = RoutingConfig()
+
+    @field_validator("regions", mode="before")
+    @classmethod
+    def _bare_region_names(cls, value: object) -> object:
+        return regions_from_yaml(value)
+
+    @field_validator("regions")
+    @classmethod
+    def _regions_agree(cls, value: tuple[RegionConfig, ...]) -> tuple[RegionConfig, ...]:
+        validate_regions(value)
+        return value
 
     @field_validator("currencies")
     @classmethod
@@ -206,6 +223,15 @@ class TenantConfig(_Strict):
             if unknown:
                 raise ValueError(f"rail {rail.name} uses currencies {sorted(unknown)} the tenant does not allow")
         return self
+
+    @property
+    def region_names(self) -> tuple[str, ...]:
+        return tuple(region.name for region in self.regions)
+
+    def topic_in_other_region(self, region: str, topic: str) -> str:
+        """`topic`'s name, as it exists in `region`, in this tenant's other region
+        (orchestrator/topology.py, `name_in_other_region`)."""
+        return name_in_other_region(self.regions, region, topic, tenant=self.tenant_id)
 
     @cached_property
     def rails_by_name(self) -> dict[str, RailConfig]:
@@ -229,6 +255,8 @@ def load_tenant_file(path: Path) -> TenantConfig:
         raise TenantConfigError(f"{path}: expected a mapping at the top level")
     try:
         config = TenantConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise TenantConfigError(f"{path}: " + "; ".join(_describe_error(error) for error in exc.errors())) from exc
     except ValueError as exc:
         raise TenantConfigError(f"{path}: {exc}") from exc
     if config.tenant_id != path.stem:
@@ -236,11 +264,31 @@ def load_tenant_file(path: Path) -> TenantConfig:
     return config
 
 
+def _describe_error(error: dict) -> str:
+    """One validation error as `key.path: what is wrong`; an unknown key says so."""
+    where = ".".join(str(part) for part in error.get("loc", ())) or "(top level)"
+    if error.get("type") == "extra_forbidden":
+        return f"{where}: unknown key (not in the tenant schema; a typo?)"
+    message = error.get("msg", "invalid")
+    return f"{where}: {message.removeprefix('Value error, ')}"
+
+
 def load_tenants(directory: Path) -> dict[str, TenantConfig]:
     files = sorted(directory.glob("*.yaml"))
     if not files:
         raise TenantConfigError(f"no tenant files (*.yaml) in {directory}")
     return {cfg.tenant_id: cfg for cfg in (load_tenant_file(path) for path in files)}
+
+
+def load_selected_tenants(directory: Path, wanted: set[str] | None) -> dict[str, TenantConfig]:
+    """The tenant files of `directory`, restricted to `wanted` (PAYORCH_TENANTS) if given."""
+    tenants = load_tenants(directory)
+    if wanted:
+        unknown = wanted - set(tenants)
+        if unknown:
+            raise ValueError(f"PAYORCH_TENANTS names unknown tenants: {sorted(unknown)}")
+        tenants = {tid: cfg for tid, cfg in tenants.items() if tid in wanted}
+    return tenants
 
 
 def missing_mandatory_fields(rail: RailConfig, payment) -> list[str]:

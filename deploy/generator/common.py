@@ -278,10 +278,10 @@ def common_environment(tenant: object, region: object, partitions: object) -> li
         # name them; MSK's lag metrics need ASCII group names without ':'.
         ("PAYORCH_CONSUMER_GROUP_PREFIX", {"Fn::Sub": "payorch-${Tenant}"} if isinstance(tenant, dict)
          else f"payorch-{tenant}"),
-        # MSK IAM access control: SASL_SSL with OAUTHBEARER on port 9098. NOTE: the product
-        # does not yet hand librdkafka an MSK IAM token (issue #11 wires
-        # aws-msk-iam-sasl-signer-python into oauth_cb); until then these processes cannot
-        # authenticate to MSK. See the README's "Deploy to AWS".
+        # MSK IAM access control: SASL_SSL with OAUTHBEARER on port 9098. The tenant file's
+        # region (PAYORCH_REGION) says `security: msk_iam`, so every client gets an
+        # oauth_cb that signs tokens with aws-msk-iam-sasl-signer-python from the task's
+        # or pod's role (orchestrator/msk_iam.py); these two only have to agree with it.
         ("PAYORCH_KAFKA__SECURITY_PROTOCOL", "SASL_SSL"),
         ("PAYORCH_KAFKA__SASL_MECHANISM", "OAUTHBEARER"),
         ("PAYORCH_KAFKA__PARTITIONS", partitions),

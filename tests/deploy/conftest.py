@@ -99,13 +99,13 @@ configMapGenerator:
 @pytest.fixture(scope="session")
 def rendered(tmp_path_factory: pytest.TempPathFactory, tenants: list[str]) -> dict[tuple[str, str], str]:
     """`kustomize build` of every tenant in each of its two regions: (tenant, region) -> YAML."""
-    import yaml
+    from orchestrator.tenants import load_tenant_file
 
     kustomize = tool("kustomize", GO_TOOLS)
     root = tmp_path_factory.mktemp("k8s-environments")
     out: dict[tuple[str, str], str] = {}
     for tenant in tenants:
-        regions = yaml.safe_load((REPO_ROOT / "tenants" / f"{tenant}.yaml").read_text())["regions"]
+        regions = load_tenant_file(REPO_ROOT / "tenants" / f"{tenant}.yaml").region_names
         for region in regions:
             overlay = environment_overlay(root, tenant, region)
             result = run([kustomize, "build", str(overlay)])

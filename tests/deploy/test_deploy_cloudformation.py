@@ -138,11 +138,10 @@ def test_the_edge_api():
 
 
 def _tenant_regions() -> list[str]:
-    import yaml
-
     from orchestrator.settings import REPO_ROOT
+    from orchestrator.tenants import load_tenants
 
     regions = set()
-    for path in (REPO_ROOT / "tenants").glob("*.yaml"):
-        regions.update(yaml.safe_load(path.read_text())["regions"])
+    for tenant in load_tenants(REPO_ROOT / "tenants").values():
+        regions.update(tenant.region_names)
     return sorted(regions)
