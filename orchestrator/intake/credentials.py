@@ -27,7 +27,10 @@ from orchestrator.storage import open_sqlite
 SCOPE_SUBMIT = "payments:submit"  # POST /v1/payments, /v1/payments/iso20022
 SCOPE_READ = "payments:read"  # payments, notifications, settlement cycles and statements
 SCOPE_OPERATE = "operate"  # ledger summary, /metrics
-SCOPES = (SCOPE_SUBMIT, SCOPE_READ, SCOPE_OPERATE)
+# GET /v1/reviews, POST /v1/payments/{id}/review: releasing a held payment is a duty of
+# its own, never part of submitting or reading payments.
+SCOPE_REVIEW = "payments:review"
+SCOPES = (SCOPE_SUBMIT, SCOPE_READ, SCOPE_OPERATE, SCOPE_REVIEW)
 DEFAULT_SCOPES = (SCOPE_SUBMIT, SCOPE_READ)
 
 # In the data directory, beside the intake's other stores.
