@@ -537,10 +537,13 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
         store = tracking()
         try:
             seen = store.status_of(payment_id) if store and len(payment_id) <= 64 else None
-            held = store.held_review(payment_id) if seen is not None else None
+        except sqlite3.OperationalError:
+            seen = None  # the tracking stage has not created its tables yet
+        try:
+            held = store.held_review(payment_id) if seen is not None and seen[1] == "HELD" else None
             snapshot = store.snapshot(payment_id) if held is not None else None
         except sqlite3.OperationalError:
-            seen = held = snapshot = None  # the tracking stage has not created its tables yet
+            held = snapshot = None  # a tracking stage of a release before the review queue
         if seen is None and len(payment_id) <= 64:
             accepted = state["idempotency"].accepted(payment_id)
             if accepted is not None:
