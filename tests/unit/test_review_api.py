@@ -17,7 +17,7 @@ from orchestrator.stages.routing import RoutingStage
 from orchestrator.stages.tracking import TrackingStore
 from orchestrator.topics import TopicNamer
 from tests.unit.intake_fakes import FakeProducer
-from tests.unit.stage_fixtures import ALLOW, CLEAR, TENANTS, at
+from tests.unit.stage_fixtures import ALLOW, TENANTS, at
 from tests.unit.test_intake_api import assert_problem
 from tests.unit.test_review_routing import POSSIBLE_MATCH, submit
 from tests.unit.test_review_tracking import from_wire, held_journey
