@@ -511,13 +511,21 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
         """A reviewer's decision on a held payment, published for routing to apply."""
         tenant = tenant_of(request, SCOPE_REVIEW)
         credential: Credential = request.state.credential
-        # API keys name a system, not a person: the person deciding is named in the
-        # header, and the credential that sent it is recorded beside the name.
         named = request.headers.get("x-reviewer")
-        problem = reviewer_problem(named)
-        if problem is not None:
-            raise Problem("invalid-reviewer", problem)
-        reviewer = named.strip()
+        if credential.subject is not None:
+            # A token from the bank's identity provider names who calls: that is the
+            # reviewer, and a header cannot name someone else.
+            if named is not None and not same_reviewer(named.strip(), credential.subject):
+                raise Problem("invalid-reviewer", "the bearer token names the reviewer (its subject); leave "
+                              "X-Reviewer out or name the same")
+            reviewer = credential.subject
+        else:
+            # An API key names a system, not a person: the person deciding is named in
+            # the header, and the key's id is recorded beside the name.
+            problem = reviewer_problem(named)
+            if problem is not None:
+                raise Problem("invalid-reviewer", problem)
+            reviewer = named.strip()
         content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
         if content_type not in ("application/json", ""):
             raise Problem("unsupported-media-type", "send the decision as application/json")

@@ -56,6 +56,10 @@ class Credential:
     label: str
     created_at: str
     revoked_at: str | None
+    # Who the credential names, where it names someone: a JWT's subject, vouched for by the
+    # bank's identity provider. An API key names a system, not a person, so it has none
+    # (a review decision then names its reviewer in X-Reviewer).
+    subject: str | None = None
 
 
 def _digest(secret: str) -> str:

@@ -75,9 +75,10 @@ _HEADERS = {
                     "description": "Makes a retry safe: the same key with the same content answers the first answer "
                                    "again; surrounding spaces are not part of the key.",
                     "schema": {"type": "string", "minLength": 1, "maxLength": 255}},
-    "reviewer": {"name": "X-Reviewer", "in": "header", "required": True,
-                 "description": "The person deciding (API keys name a system, not a person); recorded on the "
-                                "payment's timeline with the decision.",
+    "reviewer": {"name": "X-Reviewer", "in": "header", "required": False,
+                 "description": "The person deciding, required with an API key (a key names a system, not a "
+                                "person); with a JWT the token's subject is the reviewer, and this header, if "
+                                "sent, must name the same. Recorded on the payment's timeline with the decision.",
                  "schema": {"type": "string", "minLength": 1, "maxLength": REVIEWER_MAX_CHARS,
                             "pattern": "^[\\x21-\\x7e]([\\x20-\\x7e]*[\\x21-\\x7e])?$"}},
     "tenant": {"name": "X-Tenant-Id", "in": "header", "required": False,

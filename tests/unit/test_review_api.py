@@ -26,9 +26,9 @@ CODEC = EventCodec(REPO_ROOT / "schemas")
 
 
 class World:
-    def __init__(self, tmp_path) -> None:
+    def __init__(self, tmp_path, intake: dict | None = None) -> None:
         self.settings = Settings(data_dir=tmp_path, kafka={"bootstrap_servers": "127.0.0.1:9"},
-                                 intake={"publish_timeout_s": 0.2})
+                                 intake={"publish_timeout_s": 0.2, **(intake or {})})
         self.routing = RoutingStage(TENANTS, "test", tmp_path, CODEC)
         self.tracking = TrackingStore(tmp_path / "tracking.sqlite", codec=CODEC)
         self.producer = FakeProducer()
@@ -218,3 +218,43 @@ def test_the_maker_confirming_is_refused_409_but_may_reject(world):
                   ).status_code == 202
     assert review(world, payment_id, APPROVE, reviewer="bob").status_code == 202
     assert [e.payload["reviewer"] for e in world.published()] == ["alice", "bob"]
+
+
+@pytest.fixture
+def jwt_world(tmp_path):
+    from tests.unit.test_jwt_bearer import AUDIENCE, ISSUER, RSA_KEY, public_jwk, write_jwks
+
+    jwks = tmp_path / "jwks.json"
+    write_jwks(jwks, public_jwk(RSA_KEY, "rsa-1", alg="RS256"))
+    (tmp_path / "data").mkdir()
+    world = World(tmp_path / "data", intake={"jwt": {"issuer": ISSUER, "audience": AUDIENCE,
+                                                     "jwks_file": str(jwks)}})
+    with TestClient(world.app, raise_server_exceptions=False, base_url="http://127.0.0.1:8080") as client:
+        world.client = client
+        yield world
+    world.routing.close()
+    world.tracking.close()
+
+
+def test_with_a_token_the_reviewer_is_its_subject(jwt_world):
+    from tests.unit.test_jwt_bearer import token
+
+    def as_subject(subject: str, payment_id: str, body: dict, headers: dict | None = None):
+        bearer_token = token(sub=subject, scope="payments:review")
+        return jwt_world.client.post(f"/v1/payments/{payment_id}/review", json=body,
+                                     headers={"Authorization": f"Bearer {bearer_token}", **(headers or {})})
+
+    journey = jwt_world.hold()
+    payment_id = journey[0].payment_id
+    path = f"/v1/payments/{payment_id}/review"
+    # The token names the reviewer: a header naming someone else is refused.
+    assert_problem(as_subject("alice.ops", payment_id, APPROVE, {"X-Reviewer": "bob"}), 400, "invalid-reviewer", path)
+    answer = as_subject("alice.ops", payment_id, APPROVE)
+    assert answer.status_code == 202, answer.text
+    [event] = jwt_world.published()
+    assert (event.payload["reviewer"], event.payload["credential_id"]) == ("alice.ops", "jwt:alice.ops")
+    jwt_world.track([event, *jwt_world.routing.handle_batch([event], at(1))])
+    # The same subject cannot confirm, whatever header it sends; another subject can.
+    assert_problem(as_subject("alice.ops", payment_id, APPROVE, {"X-Reviewer": "Alice.Ops"}), 409, "same-reviewer",
+                   path)
+    assert as_subject("bob.ops", payment_id, APPROVE, {"X-Reviewer": "bob.ops"}).status_code == 202
