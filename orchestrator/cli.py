@@ -196,7 +196,7 @@ def _credential_store():
 def apikey_create(
     tenant: Annotated[str, typer.Option(help="the tenant the key acts for")],
     scope: Annotated[list[str] | None, typer.Option(
-        help="payments:submit, payments:read or operate (repeatable); default: submit and read")] = None,
+        help="payments:submit, payments:read, payments:review or operate (repeatable); default: submit and read")] = None,
     label: Annotated[str, typer.Option(help="who or what uses the key")] = "",
 ) -> None:
     """Create a key; it is printed once, as the last token of the output, and never stored."""

@@ -61,6 +61,8 @@ EVENT_TYPES = (
     "FundsReleased",
     "PaymentSettled",
     "PaymentDeferred",  # since v3
+    "ReviewSubmitted",  # since v4
+    "PaymentReviewed",  # since v4
 )
 
 
@@ -172,6 +174,29 @@ def received_event(
         stage="intake",
         payment=payment,
         payload={"channel": channel, "idempotency_key": idempotency_key},
+    )
+
+
+def review_submitted_event(
+    payment: Payment, *, hold_event_id: str, decision: str, reviewer: str, comment: str, credential_id: str | None,
+    occurred_at: datetime, region: str,
+) -> Event:
+    """A reviewer's decision on a held payment, as the intake publishes it to the reviews
+    topic. Its cause is the payment's `PaymentHeld`; its id is new for every submission
+    (each is a decision of its own), and what routing derives from it is keyed on that id,
+    so a redelivered submission is acted on once."""
+    return Event(
+        event_id=str(uuid.uuid4()),
+        event_type="ReviewSubmitted",
+        occurred_at=occurred_at,
+        correlation_id=payment.payment_id,
+        causation_id=hold_event_id,
+        tenant_id=payment.tenant_id,
+        region=region,
+        traceparent=new_traceparent(),
+        stage="intake",
+        payment=payment,
+        payload={"decision": decision, "reviewer": reviewer, "comment": comment, "credential_id": credential_id},
     )
 
 

@@ -40,7 +40,7 @@ _DLQ_RETENTION_MS = 7 * 24 * 3600 * 1000
 #   no latency: see docs/PERFORMANCE.md). Withdrawn once because the clearing-outage fault
 #   test failed with it in CI; that test assumed how fast breakers open, and ran while
 #   the broker was still creating its partitions (both fixed in f86c423).
-# - sink: tracking, a read model of every topic (36 partitions for four tenants). Woken
+# - sink: tracking, a read model of every topic (40 partitions for four tenants). Woken
 #   by every commit of every stage, its fetches were a third of the broker's CPU at
 #   100/s; it now asks for 64 KiB or 100 ms, whichever comes first, so its view trails
 #   the flow by at most about 100 ms. (No payment's timestamps pass through it.)

@@ -7,7 +7,7 @@ so `ReasonCode(exc.reason_code)` works.
 
 Each code maps to the closest ISO 20022 ExternalStatusReason1Code for pacs.002 and
 pain.002 answers. "NARR" means no code fits and the description goes in the narrative.
-Fraud and screening timeouts map to MS03 (reason not specified by the agent) on purpose:
+Fraud, screening timeouts and the outcomes of a review map to MS03 (reason not specified by the agent) on purpose:
 telling a fraudster which control stopped them helps them get around it.
 """
 
@@ -45,6 +45,9 @@ class ReasonCode(StrEnum):
     # Fraud scoring.
     fraud_score_too_high = auto()
     fraud_review_required = auto()
+    # Review of a held payment (routing).
+    review_rejected = auto()
+    review_time_limit_exceeded = auto()
     # Funding.
     insufficient_funds = auto()
     # Clearing.
@@ -88,6 +91,10 @@ _ISO_CODE_AND_DESCRIPTION: dict[ReasonCode, tuple[str, str]] = {
     ReasonCode.screening_verdict_timeout: ("MS03", "Screening did not reach a verdict in time."),
     ReasonCode.fraud_score_too_high: ("MS03", "The payment was refused by risk controls."),
     ReasonCode.fraud_review_required: ("MS03", "The payment is held for a risk review."),
+    # MS03 for both, as for the screening outcomes they follow: the payer learns that the
+    # payment was refused, not which control held it.
+    ReasonCode.review_rejected: ("MS03", "A reviewer refused the held payment."),
+    ReasonCode.review_time_limit_exceeded: ("MS03", "The held payment was not reviewed within the time limit."),
     ReasonCode.insufficient_funds: ("AM04", "The debtor account does not have sufficient funds."),
     ReasonCode.clearing_rejected: ("NARR", "The clearing system or the creditor's bank rejected the payment."),
     ReasonCode.clearing_timeout: ("AB06", "The clearing system did not answer in time."),

@@ -177,6 +177,20 @@ class RoutingConfig(_Strict):
     verdict_timeout_s: int = Field(default=30, gt=0, le=3_600)
 
 
+class ReviewConfig(_Strict):
+    """How a HELD payment is reviewed (POST /v1/payments/{id}/review; routing decides)."""
+
+    # Maker-checker: an approval releases the payment only once a second reviewer, not
+    # the first, confirms it. A possible sanctions match always needs the checker, even
+    # with this off (orchestrator/reviews.py, `requires_checker`).
+    maker_checker: bool = True
+    # A held payment nobody released within this long after its hold ends REJECTED
+    # (`review_time_limit_exceeded`): a hold must end, and failing closed is the safe
+    # end. A day by default, so a hold survives a night; at most a week, after which the
+    # payment's requested date and the payer's patience are long gone.
+    time_limit_s: int = Field(default=86_400, gt=0, le=604_800)
+
+
 class TenantConfig(_Strict):
     tenant_id: str = Field(pattern=r"^[a-z][a-z0-9]{1,15}$")
     display_name: str
@@ -194,6 +208,7 @@ class TenantConfig(_Strict):
     fraud: FraudConfig
     funding: FundingConfig
     routing: RoutingConfig = RoutingConfig()
+    review: ReviewConfig = ReviewConfig()
 
     @field_validator("regions", mode="before")
     @classmethod

@@ -12,12 +12,14 @@ STAGE_NAMES = ("initiation", "sanctions", "fraud", "routing", "execution", "ledg
 
 # The stage topics of the flow, in order. Each stage writes one of them for its payment
 # events; settlement also writes `cycles`, its cycle-level events (another schema family,
-# settlement_cycle_event.v*.avsc, keyed by cycle id).
+# settlement_cycle_event.v*.avsc, keyed by cycle id), and the intake also writes
+# `reviews`, the reviewers' decisions on held payments, which routing acts on.
 STAGE_TOPICS = (
     "received",
     "initiated",
     "screened.sanctions",
     "screened.fraud",
+    "reviews",
     "routed",
     "executed",
     "posted",
@@ -36,6 +38,10 @@ OUTPUT_TOPIC_OF_STAGE = {
     "ledger": "posted",
     "settlement": "settled",
 }
+
+# Every topic the intake writes: payments as they arrive, and review decisions
+# (POST /v1/payments/{id}/review).
+INTAKE_TOPICS = ("received", "reviews")
 
 DLQ_SUFFIX = ".dlq"
 # `<topic>.retry.<level>`: delayed retries of the events a stage read from `<topic>`.

@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:
 
 from orchestrator.bootstrap import STAGE_NAMES  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
-from orchestrator.topics import OUTPUT_TOPIC_OF_STAGE, STAGE_TOPICS, TopicNamer  # noqa: E402
+from orchestrator.topics import INTAKE_TOPICS, OUTPUT_TOPIC_OF_STAGE, STAGE_TOPICS, TopicNamer  # noqa: E402
 
 CFN_DIR = ROOT / "deploy" / "aws" / "cloudformation"
 K8S_BASE = ROOT / "deploy" / "k8s" / "base"
@@ -174,10 +174,11 @@ def kafka_statements(stage: Stage | None, *, intake: bool = False, operator: boo
         ]
         return statements
     if intake:
+        # Payments (`received`) and reviewers' decisions on held payments (`reviews`).
         statements.append({
-            "Sid": "WriteReceived", "Effect": "Allow",
+            "Sid": "WriteReceivedAndReviews", "Effect": "Allow",
             "Action": ["kafka-cluster:DescribeTopic", "kafka-cluster:WriteData"],
-            "Resource": [msk_arn("topic", topic("received"))]})
+            "Resource": [msk_arn("topic", topic(name)) for name in INTAKE_TOPICS]})
         return statements
     read = [topic(t) for t in stage.inputs] + [f"{topic(t)}.retry.*" for t in stage.inputs]
     write = ([topic(t) for t in stage.outputs] + [f"{topic(t)}.retry.*" for t in stage.inputs]

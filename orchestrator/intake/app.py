@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from orchestrator.domain import MoneyError, Payment
-from orchestrator.events import EventCodec, deterministic_uuid4, received_event
+from orchestrator.events import EventCodec, deterministic_uuid4, received_event, review_submitted_event
 from orchestrator.flow_health import FlowHealth
 from orchestrator.intake.admission import AdmissionGate
 from orchestrator.intake.asgi import IntakeApp
@@ -42,18 +42,28 @@ from orchestrator.intake.credentials import (
     CREDENTIALS_FILE,
     SCOPE_OPERATE,
     SCOPE_READ,
+    SCOPE_REVIEW,
     SCOPE_SUBMIT,
     Credential,
     CredentialStore,
 )
 from orchestrator.intake.idempotency import AcceptedAnswer, IdempotencyStore
 from orchestrator.intake.jwt_bearer import JwtRejected, JwtVerifier, looks_like_jwt
-from orchestrator.intake.models import CreditTransferIn
+from orchestrator.intake.models import CreditTransferIn, ReviewIn
 from orchestrator.intake.openapi import install as install_openapi
 from orchestrator.intake.problems import JsonResponse, Problem
 from orchestrator.intake.publisher import EventPublisher, PublishError
 from orchestrator.intake.rate_limit import SubmissionRateLimit
+from orchestrator.intake.reviews import (
+    REVIEWS_CURSOR_MAX_CHARS,
+    REVIEWS_PAGE_DEFAULT,
+    REVIEWS_PAGE_MAX,
+    decode_cursor,
+    encode_cursor,
+    review_item,
+)
 from orchestrator.kafka_clients import make_producer
+from orchestrator.reviews import reviewer_problem, same_reviewer
 from orchestrator.settings import Settings
 from orchestrator.stages.tracking import TrackingStore
 from orchestrator.tenants import TenantConfig
@@ -63,6 +73,9 @@ from orchestrator.validation import normalise_payment, validate_payment
 log = logging.getLogger("payorch.intake")
 
 _IDEMPOTENCY_KEY_MAX_CHARS = 255
+# A review decision is a word and a comment of at most 500 characters (up to 4 bytes each
+# in UTF-8, escaped in JSON at most 6): this holds any valid one.
+_REVIEW_BODY_MAX_BYTES = 4_096
 _BEARER_CHALLENGE = 'Bearer realm="payorch"'
 # Readiness asks the broker for metadata at most this often, so probes cannot load it.
 _READINESS_CACHE_S = 1.0
@@ -472,6 +485,110 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
             raise Problem("payment-not-found", f"no payment {payment_id} for tenant {tenant.tenant_id}")
         record["links"] = {"self": f"/v1/payments/{payment_id}"}
         return record
+
+    # -- the review queue (tracking's read model; routing decides) ------------------------
+
+    @app.get("/v1/reviews")
+    async def list_reviews(request: Request,
+                           limit: int = Query(default=REVIEWS_PAGE_DEFAULT, ge=1, le=REVIEWS_PAGE_MAX),
+                           after: str | None = Query(default=None, min_length=1, max_length=REVIEWS_CURSOR_MAX_CHARS)):
+        """The tenant's HELD payments, oldest hold first, a page at a time."""
+        tenant = tenant_of(request, SCOPE_REVIEW)
+        cursor = decode_cursor(after) if after is not None else None
+        store = tracking()
+        try:
+            held = store.held_for_review(tenant.tenant_id, limit=limit + 1, after=cursor) if store else []
+        except sqlite3.OperationalError:
+            held = []  # the tracking stage has not created its tables yet
+        page = held[:limit]
+        links = {"self": f"/v1/reviews?limit={limit}" + (f"&after={after}" if after is not None else "")}
+        if len(held) > limit:
+            links["next"] = f"/v1/reviews?limit={limit}&after={encode_cursor(page[-1])}"
+        return {"tenant_id": tenant.tenant_id, "reviews": [review_item(h, tenant) for h in page], "links": links}
+
+    @app.post("/v1/payments/{payment_id}/review", status_code=202)
+    async def review_payment(payment_id: str, request: Request):
+        """A reviewer's decision on a held payment, published for routing to apply."""
+        tenant = tenant_of(request, SCOPE_REVIEW)
+        credential: Credential = request.state.credential
+        named = request.headers.get("x-reviewer")
+        if credential.subject is not None:
+            # A token from the bank's identity provider names who calls: that is the
+            # reviewer, and a header cannot name someone else.
+            if named is not None and not same_reviewer(named.strip(), credential.subject):
+                raise Problem("invalid-reviewer", "the bearer token names the reviewer (its subject); leave "
+                              "X-Reviewer out or name the same")
+            reviewer = credential.subject
+        else:
+            # An API key names a system, not a person: the person deciding is named in
+            # the header, and the key's id is recorded beside the name.
+            problem = reviewer_problem(named)
+            if problem is not None:
+                raise Problem("invalid-reviewer", problem)
+            reviewer = named.strip()
+        content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if content_type not in ("application/json", ""):
+            raise Problem("unsupported-media-type", "send the decision as application/json")
+        body = await read_body(request, _REVIEW_BODY_MAX_BYTES)
+        try:
+            raw = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise Problem("malformed-json", f"the body is not valid JSON: {exc}") from None
+        if not isinstance(raw, dict):
+            raise Problem("validation-error", "the body must be a JSON object", errors=[])
+        refuse_duplicate_members(body)
+        try:
+            decision = ReviewIn.model_validate(raw)
+        except ValidationError as exc:
+            raise Problem("validation-error", "the decision does not match the review schema",
+                          errors=_errors(exc.errors())) from None
+        store = tracking()
+        try:
+            seen = store.status_of(payment_id) if store and len(payment_id) <= 64 else None
+        except sqlite3.OperationalError:
+            seen = None  # the tracking stage has not created its tables yet
+        try:
+            held = store.held_review(payment_id) if seen is not None and seen[1] == "HELD" else None
+            snapshot = store.snapshot(payment_id) if held is not None else None
+        except sqlite3.OperationalError:
+            held = snapshot = None  # a tracking stage of a release before the review queue
+        if seen is None and len(payment_id) <= 64:
+            accepted = state["idempotency"].accepted(payment_id)
+            if accepted is not None:
+                seen = (accepted["tenant_id"], "RECEIVED")
+        # Another tenant's payment is indistinguishable from a missing one.
+        if seen is None or seen[0] != tenant.tenant_id:
+            raise Problem("payment-not-found", f"no payment {payment_id[:64]} for tenant {tenant.tenant_id}")
+        if seen[1] != "HELD" or held is None or snapshot is None:
+            raise Problem("payment-not-held", f"payment {payment_id} is {seen[1]}; only a HELD payment is reviewed",
+                          payment_status=seen[1])
+        if decision.decision == "approve" and same_reviewer(held["maker"], reviewer):
+            raise Problem("same-reviewer", f"{reviewer} approved this payment first; another reviewer must confirm "
+                          "it", maker=held["maker"])
+        event = review_submitted_event(
+            snapshot[0], hold_event_id=held["hold_event_id"], decision=decision.decision, reviewer=reviewer,
+            comment=decision.comment, credential_id=credential.key_id, occurred_at=datetime.now(UTC),
+            region=settings.region)
+        try:
+            await state["publisher"].publish([event], "reviews", settings.intake.publish_timeout_s)
+        except PublishError as exc:
+            log.error("review not confirmed: %s", exc, extra=event.log_context())
+            raise Problem("broker-unavailable", "the decision was not confirmed by the broker in time and may or "
+                          "may not be applied; look at the payment's timeline before sending it again",
+                          payment_ids=[payment_id]) from None
+        # Who decided what, never the comment: it is free text and may hold anything.
+        log.info("review submitted", extra={**event.log_context(), "decision": decision.decision,
+                                            "reviewer": reviewer, "credential": credential.key_id})
+        answer = {
+            "payment_id": payment_id,
+            "status": "HELD",
+            "review": {"event_id": event.event_id, "decision": decision.decision, "reviewer": reviewer,
+                       "submitted_at": event.occurred_at.isoformat(), "state": "submitted"},
+            "detail": "the decision was submitted; routing applies it shortly, and the payment's timeline shows "
+                      "what it did (PaymentReviewed)",
+            "links": {"self": f"/v1/payments/{payment_id}", "reviews": "/v1/reviews"},
+        }
+        return JsonResponse(answer, status_code=202, headers={"Location": f"/v1/payments/{payment_id}"})
 
     @app.get("/v1/payments/{payment_id}/notification")
     async def payment_notification(payment_id: str, request: Request, party: str = "debtor"):

@@ -27,7 +27,10 @@ from orchestrator.storage import open_sqlite
 SCOPE_SUBMIT = "payments:submit"  # POST /v1/payments, /v1/payments/iso20022
 SCOPE_READ = "payments:read"  # payments, notifications, settlement cycles and statements
 SCOPE_OPERATE = "operate"  # ledger summary, /metrics
-SCOPES = (SCOPE_SUBMIT, SCOPE_READ, SCOPE_OPERATE)
+# GET /v1/reviews, POST /v1/payments/{id}/review: releasing a held payment is a duty of
+# its own, never part of submitting or reading payments.
+SCOPE_REVIEW = "payments:review"
+SCOPES = (SCOPE_SUBMIT, SCOPE_READ, SCOPE_OPERATE, SCOPE_REVIEW)
 DEFAULT_SCOPES = (SCOPE_SUBMIT, SCOPE_READ)
 
 # In the data directory, beside the intake's other stores.
@@ -53,6 +56,10 @@ class Credential:
     label: str
     created_at: str
     revoked_at: str | None
+    # Who the credential names, where it names someone: a JWT's subject, vouched for by the
+    # bank's identity provider. An API key names a system, not a person, so it has none
+    # (a review decision then names its reviewer in X-Reviewer).
+    subject: str | None = None
 
 
 def _digest(secret: str) -> str:

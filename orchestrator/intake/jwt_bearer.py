@@ -216,4 +216,5 @@ class JwtVerifier:
             raise JwtRejected(f"the token's {settings.scope_claim!r} claim must be a string or a list of strings")
         issued = datetime.fromtimestamp(issued_at, UTC).isoformat(timespec="seconds")
         return Credential(key_id=f"jwt:{subject}", tenant_id=tenant_id, scopes=frozenset(scopes) & frozenset(SCOPES),
-                          label=f"JWT issued by {settings.issuer}", created_at=issued, revoked_at=None)
+                          label=f"JWT issued by {settings.issuer}", created_at=issued, revoked_at=None,
+                          subject=subject)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import re
 from datetime import date
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, StrictStr, StringConstraints, field_validator
 
 from orchestrator.domain import Account, Agent, MoneyError, Party, Payment, to_minor_units
+from orchestrator.reviews import COMMENT_MAX_CHARS
 
 # C0 and C1 control characters (U+0085 among them) and the Unicode line and paragraph
 # separators: none belongs in a name, a reference or remittance text, and each can break
@@ -92,6 +93,15 @@ class CreditTransferIn(_In):
             source_format="json",
             purpose_code=self.purpose_code,
         )
+
+
+class ReviewIn(_In):
+    """A reviewer's decision on a held payment (POST /v1/payments/{id}/review)."""
+
+    decision: Literal["approve", "reject"]
+    # Why, in the reviewer's words: required, so that every release or refusal on the
+    # timeline says why; text without control characters, as every text field here.
+    comment: StrictStr = Field(min_length=1, max_length=COMMENT_MAX_CHARS)
 
 
 def _party(party: PartyIn) -> Party:

@@ -13,8 +13,9 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from orchestrator.intake.models import CreditTransferIn
+from orchestrator.intake.models import CreditTransferIn, ReviewIn
 from orchestrator.intake.problems import PROBLEM_CONTENT_TYPE, PROBLEM_KINDS, PROBLEM_TYPE_BASE
+from orchestrator.reviews import REVIEWER_MAX_CHARS
 
 _PROBLEM_SCHEMA = {
     "type": "object",
@@ -54,11 +55,32 @@ _ACCEPTED_DOCUMENT_SCHEMA = {
         "links": {"type": "object", "properties": {"self": {"type": "string"}}},
     },
 }
+_REVIEW_SUBMITTED_SCHEMA = {
+    "type": "object",
+    "required": ["payment_id", "status", "review", "detail", "links"],
+    "properties": {
+        "payment_id": {"type": "string"},
+        "status": {"type": "string", "enum": ["HELD"]},
+        "review": {"type": "object", "required": ["event_id", "decision", "reviewer", "submitted_at", "state"],
+                   "properties": {"event_id": {"type": "string", "format": "uuid"},
+                                  "decision": {"type": "string", "enum": ["approve", "reject"]},
+                                  "reviewer": {"type": "string"}, "submitted_at": {"type": "string"},
+                                  "state": {"type": "string", "enum": ["submitted"]}}},
+        "detail": {"type": "string"},
+        "links": {"type": "object", "properties": {"self": {"type": "string"}, "reviews": {"type": "string"}}},
+    },
+}
 _HEADERS = {
     "idempotency": {"name": "Idempotency-Key", "in": "header", "required": False,
                     "description": "Makes a retry safe: the same key with the same content answers the first answer "
                                    "again; surrounding spaces are not part of the key.",
                     "schema": {"type": "string", "minLength": 1, "maxLength": 255}},
+    "reviewer": {"name": "X-Reviewer", "in": "header", "required": False,
+                 "description": "The person deciding, required with an API key (a key names a system, not a "
+                                "person); with a JWT the token's subject is the reviewer, and this header, if "
+                                "sent, must name the same. Recorded on the payment's timeline with the decision.",
+                 "schema": {"type": "string", "minLength": 1, "maxLength": REVIEWER_MAX_CHARS,
+                            "pattern": "^[\\x21-\\x7e]([\\x20-\\x7e]*[\\x21-\\x7e])?$"}},
     "tenant": {"name": "X-Tenant-Id", "in": "header", "required": False,
                "description": "Optional; if sent, it must name the tenant of the API key (403 otherwise).",
                "schema": {"type": "string"}},
@@ -71,6 +93,7 @@ _DESCRIPTIONS = {400: "Bad request", 401: "No valid API key", 403: "The key does
                  503: "Overloaded, or the outcome is unknown; send again after Retry-After"}
 _SUBMIT_STATUSES = (400, 401, 403, 408, 413, 415, 422, 429, 431, 500, 503)
 _READ_STATUSES = (401, 403, 404, 422, 500)
+_REVIEW_STATUSES = (400, 401, 403, 404, 408, 409, 413, 415, 422, 431, 500, 503)
 # Answered by the HTTP server itself on any path (orchestrator/intake/server.py).
 _SERVER_STATUSES = (400, 408, 431, 503)
 
@@ -104,6 +127,8 @@ def describe(app: FastAPI) -> dict[str, Any]:
     schemas["Problem"] = _PROBLEM_SCHEMA
     schemas["PaymentAccepted"] = _ACCEPTED_SCHEMA
     schemas["DocumentAccepted"] = _ACCEPTED_DOCUMENT_SCHEMA
+    schemas["ReviewDecision"] = ReviewIn.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas["ReviewSubmitted"] = _REVIEW_SUBMITTED_SCHEMA
     components["securitySchemes"] = {"apiKey": {"type": "http", "scheme": "bearer",
                                                 "description": "An API key of one tenant (`payorch apikey create`), or, where the "
                                                                "intake is configured for it, a JWT from the bank's "
@@ -147,6 +172,16 @@ def describe(app: FastAPI) -> dict[str, Any]:
                                       "content": {"application/json": {
                                           "schema": {"$ref": "#/components/schemas/DocumentAccepted"}}}},
                               **_problems(_SUBMIT_STATUSES)}
+    review = paths["/v1/payments/{payment_id}/review"]["post"]
+    review["parameters"] = [*(p for p in review.get("parameters", []) if p["in"] == "path"),
+                            _HEADERS["reviewer"], _HEADERS["tenant"]]
+    review["requestBody"] = {"required": True, "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/ReviewDecision"}}}}
+    review["responses"] = {"202": {"description": "Submitted: the broker has the decision, which routing applies "
+                                                  "asynchronously (see the payment's timeline)",
+                                   "content": {"application/json": {
+                                       "schema": {"$ref": "#/components/schemas/ReviewSubmitted"}}}},
+                           **_problems(_REVIEW_STATUSES)}
     return document
 
 

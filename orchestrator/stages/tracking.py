@@ -11,6 +11,12 @@ each `CycleClosed` becomes a row of the tenant's cycles, and each
 `ReconciliationException` a row of the cycle's exceptions, shown with the payment it
 names (`exceptions` in `GET /v1/payments/{id}`). Exceptions are deliberately not timeline
 entries: the timeline is the payment's own events, all correlated by its payment id.
+
+The review queue (`GET /v1/reviews`) is tracking's too: a row per payment whose status is
+HELD (written when the status becomes HELD, deleted when it leaves it), with the hold's
+event, reason and time, and the maker's approval once routing reports one
+(`PaymentReviewed`, outcome `awaiting_checker`). The screening verdicts a reviewer needs
+are read from the payment's timeline when the queue is listed.
 """
 
 from __future__ import annotations
@@ -56,7 +62,9 @@ _FLOW_HEALTH_WRITE_INTERVAL_S = 0.25
 _TIMELINE_DETAIL_FIELDS = ("reason_code", "iso_reason_code", "reason_detail", "outcome", "best_score", "score",
                            "rules_triggered", "rail", "clearing_status", "cycle_id", "settlement_mode",
                            "amount_minor", "matched_list", "matched_entry_id",
-                           "breaker_state", "attempt", "retry_at", "deadline_at")
+                           "breaker_state", "attempt", "retry_at", "deadline_at",
+                           "decision", "reviewer", "comment", "review_step", "refusal_reason", "maker",
+                           "credential_id")
 
 
 def next_status(current: str | None, event_type: str) -> str | None:
@@ -74,11 +82,17 @@ def next_status(current: str | None, event_type: str) -> str | None:
 
 
 # Event types whose body tracking needs at once: the payment's facts (received,
-# initiated), its rail (routed) and the reason of a refusal or hold. Every other event
+# initiated), its rail (routed), the reason of a refusal or hold, and a review's maker
+# step (rare: one per reviewed payment). Every other event
 # is recorded from its Kafka headers and its bytes; its details are read from the
 # bytes when someone asks for the timeline, which is rare next to writing it.
 _DECODED_AT_ONCE = frozenset({"PaymentReceived", "PaymentInitiated", "PaymentRouted", "PaymentRejected",
-                              "PaymentFailed", "PaymentHeld"})
+                              "PaymentFailed", "PaymentHeld", "PaymentReviewed"})
+# The verdicts a reviewer of a held payment needs, and the facts of each shown with it.
+_REVIEW_VERDICT_FIELDS = {
+    "SanctionsScreened": ("sanctions", ("outcome", "best_score", "matched_list", "matched_entry_id", "matched_party")),
+    "FraudScored": ("fraud", ("outcome", "score", "rules_triggered")),
+}
 _ENVELOPE_HEADERS = (wire.HEADER_EVENT_ID, wire.HEADER_EVENT_TYPE, wire.HEADER_OCCURRED_AT,
                      wire.HEADER_CORRELATION_ID, wire.HEADER_TENANT_ID, wire.HEADER_STAGE, wire.HEADER_REGION)
 
@@ -205,14 +219,38 @@ class TrackingStore:
             columns = {row["name"] for row in self.db.execute("PRAGMA table_info(timeline)")}
             if "body" not in columns:
                 self.db.execute("ALTER TABLE timeline ADD COLUMN body BLOB")
+            self._open_review_queue()
         else:
             self.db = open_sqlite(path, read_only=True)
+
+    def _open_review_queue(self) -> None:
+        existed = self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='review_queue'").fetchone()
+        self.db.executescript(
+            """
+            -- The payments whose status is HELD, oldest hold first (GET /v1/reviews).
+            CREATE TABLE IF NOT EXISTS review_queue (
+              payment_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, held_at TEXT NOT NULL, held_at_s REAL NOT NULL,
+              hold_event_id TEXT NOT NULL, reason_code TEXT, reason_detail TEXT, maker TEXT, maker_at TEXT);
+            CREATE INDEX IF NOT EXISTS review_queue_by_age ON review_queue (tenant_id, held_at_s, payment_id);
+            """
+        )
+        if existed:
+            return
+        # A store from before the queue: its held payments join it with their hold event.
+        for row in self.db.execute(
+                "SELECT p.payment_id, p.tenant_id, p.reason_code, p.reason_detail, t.event_id, t.occurred_at"
+                " FROM payments p JOIN timeline t ON t.payment_id = p.payment_id AND t.event_type = 'PaymentHeld'"
+                " WHERE p.status = 'HELD'").fetchall():
+            self.db.execute("INSERT OR IGNORE INTO review_queue VALUES (?,?,?,?,?,?,?,NULL,NULL)",
+                            (row["payment_id"], row["tenant_id"], row["occurred_at"], epoch_s(row["occurred_at"]),
+                             row["event_id"], row["reason_code"], row["reason_detail"]))
 
     def record(self, events: Sequence[Event | TrackedEvent]) -> None:
         """Record a batch in one transaction: one timeline row per new event, and each
         payment's status row written once per batch, only when the batch moved it."""
         tracked = [e if isinstance(e, TrackedEvent) else TrackedEvent.of(e) for e in events]
         changes: dict[str, dict] = {}  # payment id -> its status row as this batch leaves it
+        makers: dict[str, tuple[str, str]] = {}  # payment id -> (maker, when): approvals awaiting a checker
         recorded_at = time.time()
         with transaction(self.db):
             for event in tracked:
@@ -231,8 +269,13 @@ class TrackingStore:
                     self.meter.received(event.payment_id, at_s)
                 self._snapshot(event)
                 self._note_status(event, changes)
+                if event.event_type == "PaymentReviewed" and event.event.payload["outcome"] == "awaiting_checker":
+                    makers[event.payment_id] = (event.event.payload["reviewer"], event.occurred_at)
             for payment_id, row in changes.items():
                 self._write_status(payment_id, row)
+            for payment_id, (maker, maker_at) in makers.items():
+                self.db.execute("UPDATE review_queue SET maker=?, maker_at=? WHERE payment_id=?",
+                                (maker, maker_at, payment_id))
             self._write_flow_health()
 
     def _write_flow_health(self) -> None:
@@ -273,12 +316,14 @@ class TrackingStore:
             return
         row = changes.setdefault(event.payment_id, {"status": current, "initial": current, "tenant_id": event.tenant_id,
                                                     "reason": (None, None, None), "facts": None,
-                                                    "updated_at": event.occurred_at, "moved": False})
+                                                    "updated_at": event.occurred_at, "moved": False, "hold": None})
         row["facts"] = row["facts"] or facts
         if status is not None:
             payload = event.event.payload if status in ("REJECTED", "FAILED", "HELD") else {}
             row.update(status=status, updated_at=event.occurred_at, moved=True,
                        reason=(payload.get("reason_code"), payload.get("iso_reason_code"), payload.get("reason_detail")))
+            if status == "HELD":
+                row["hold"] = (event.event_id, event.occurred_at)
 
     def _write_status(self, payment_id: str, row: dict) -> None:
         facts = row["facts"] or (None, None, None)
@@ -295,9 +340,18 @@ class TrackingStore:
             if len(self._statuses) >= _STATUS_CACHE_MAX:
                 self._statuses.clear()
             self._statuses[payment_id] = row["status"]
+            if row["status"] == "HELD" and row["hold"] is not None:
+                event_id, held_at = row["hold"]
+                self.db.execute("INSERT OR REPLACE INTO review_queue VALUES (?,?,?,?,?,?,?,NULL,NULL)",
+                                (payment_id, row["tenant_id"], held_at, epoch_s(held_at), event_id,
+                                 row["reason"][0], row["reason"][2]))
+            elif row["initial"] == "HELD":
+                self.db.execute("DELETE FROM review_queue WHERE payment_id=?", (payment_id,))
             was_in_flight = row["initial"] is not None and row["initial"] not in _OUT_OF_FLOW
             in_flight = row["status"] not in _OUT_OF_FLOW
-            if row["initial"] is None and in_flight:
+            # A released hold is in flight again, from its release (the wait for a person
+            # is not the flow's latency).
+            if row["initial"] in (None, "HELD") and in_flight:
                 self.meter.entered(payment_id, epoch_s(row["updated_at"]))
             elif was_in_flight and not in_flight:
                 self.meter.left(payment_id, epoch_s(row["updated_at"]))
@@ -339,16 +393,19 @@ class TrackingStore:
             self.db.execute("UPDATE payment_snapshots SET rail=coalesce(?, rail), settled_at=coalesce(?, settled_at)"
                             " WHERE payment_id=?", (rail, settled_at, event.payment_id))
 
+    def _decode(self, body: bytes) -> Event:
+        if self._codec is None:
+            from orchestrator.settings import get_settings
+            self._codec = EventCodec(get_settings().schemas_dir)
+        return self._codec.decode(body)
+
     def _details(self, row) -> dict:
         """A timeline row's details: from its event's bytes where it kept them."""
         body = row["body"] if "body" in row.keys() else None
         if body is None:
             return orjson.loads(row["details"])
-        if self._codec is None:
-            from orchestrator.settings import get_settings
-            self._codec = EventCodec(get_settings().schemas_dir)
         try:
-            return timeline_details(self._codec.decode(body).payload)
+            return timeline_details(self._decode(body).payload)
         except UndecodableEvent:
             # Written by a newer schema than this reader knows (a rolling upgrade that
             # reached tracking first): the entry is shown without its business facts
@@ -361,6 +418,11 @@ class TrackingStore:
         if row is None:
             return None
         return payment_from_record(orjson.loads(row["payment"])), row["rail"], row["settled_at"]
+
+    def status_of(self, payment_id: str) -> tuple[str, str] | None:
+        """(tenant id, status) of a payment tracking has seen, or None."""
+        row = self.db.execute("SELECT tenant_id, status FROM payments WHERE payment_id=?", (payment_id,)).fetchone()
+        return (row["tenant_id"], row["status"]) if row is not None else None
 
     def get(self, payment_id: str) -> dict | None:
         row = self.db.execute("SELECT * FROM payments WHERE payment_id=?", (payment_id,)).fetchone()
@@ -381,6 +443,53 @@ class TrackingStore:
         return {"payment_id": row["payment_id"], "tenant_id": row["tenant_id"], "status": row["status"],
                 "reason": reason, "end_to_end_id": row["end_to_end_id"], "timeline": timeline,
                 "exceptions": self.payment_exceptions(row["tenant_id"], payment_id)}
+
+    # -- the review queue ---------------------------------------------------------------
+
+    def held_for_review(self, tenant_id: str, *, limit: int, after: tuple[float, str] | None = None) -> list[dict]:
+        """The tenant's HELD payments, oldest hold first, from after `after` (the
+        (held_at_s, payment_id) of the last one a caller saw): each with its hold, the
+        maker's approval if one awaits its checker, the screening verdicts and the
+        parties' names (never their accounts)."""
+        query = ("SELECT q.*, p.end_to_end_id, p.amount_minor, p.currency FROM review_queue q"
+                 " JOIN payments p ON p.payment_id = q.payment_id WHERE q.tenant_id=? AND p.status='HELD'")
+        args: list = [tenant_id]
+        if after is not None:
+            query += " AND (q.held_at_s, q.payment_id) > (?, ?)"
+            args += list(after)
+        query += " ORDER BY q.held_at_s, q.payment_id LIMIT ?"
+        return [self._held(row) for row in self.db.execute(query, (*args, limit)).fetchall()]
+
+    def held_review(self, payment_id: str) -> dict | None:
+        """One payment's place in the review queue, or None when it is not HELD."""
+        row = self.db.execute("SELECT * FROM review_queue WHERE payment_id=?", (payment_id,)).fetchone()
+        if row is None:
+            return None
+        return {key: row[key] for key in ("payment_id", "tenant_id", "held_at", "held_at_s", "hold_event_id",
+                                          "reason_code", "reason_detail", "maker", "maker_at")}
+
+    def _held(self, row) -> dict:
+        held = {"payment_id": row["payment_id"], "end_to_end_id": row["end_to_end_id"],
+                "amount_minor": row["amount_minor"], "currency": row["currency"], "held_at": row["held_at"],
+                "held_at_s": row["held_at_s"], "hold_event_id": row["hold_event_id"],
+                "reason_code": row["reason_code"], "reason_detail": row["reason_detail"],
+                "maker": row["maker"], "maker_at": row["maker_at"], "sanctions": None, "fraud": None,
+                "parties": None}
+        for verdict in self.db.execute(
+                "SELECT event_type, body, details FROM timeline WHERE payment_id=?"
+                " AND event_type IN ('SanctionsScreened', 'FraudScored') ORDER BY occurred_at, rowid",
+                (row["payment_id"],)):
+            name, fields = _REVIEW_VERDICT_FIELDS[verdict["event_type"]]
+            try:
+                payload = self._decode(verdict["body"]).payload if verdict["body"] else orjson.loads(verdict["details"])
+            except UndecodableEvent:
+                continue
+            held[name] = {field: payload.get(field) for field in fields}
+        snapshot = self.snapshot(row["payment_id"])
+        if snapshot is not None:
+            payment = snapshot[0]
+            held["parties"] = {"debtor": {"name": payment.debtor.name}, "creditor": {"name": payment.creditor.name}}
+        return held
 
     # -- settlement cycles --------------------------------------------------------------
 

@@ -29,11 +29,12 @@ def test_every_partition_is_served_when_create_topics_returns(kafka_bootstrap, m
 
     created, existing = create_topics(settings, TENANTS)
 
-    assert len(created) == 180 and existing == []
+    # Ten stage topics, each with a dead-letter topic and three retry topics, per tenant.
+    assert len(created) == 200 and existing == []
     admin = make_admin(settings)
     metadata = admin.list_topics(timeout=30)
     partitions = [TopicPartition(name, p) for name in created for p in metadata.topics[name].partitions]
-    assert len(partitions) == 180 * 6
+    assert len(partitions) == 200 * 6
     # One round, no retry: every partition answers at once.
     answers = admin.list_offsets({p: OffsetSpec.latest() for p in partitions}, request_timeout=30)
     errors = {}

@@ -42,6 +42,11 @@ SAMPLE_PAYLOADS = {
                         "breaker_state": "open", "attempt": 2,
                         "retry_at": datetime(2026, 11, 27, 10, 0, 5, tzinfo=UTC),
                         "deadline_at": datetime(2026, 11, 27, 10, 0, 30, tzinfo=UTC)},
+    "ReviewSubmitted": {"decision": "approve", "reviewer": "alice", "comment": "known customer, invoice seen",
+                        "credential_id": "3f2a9c0d1e4b"},
+    "PaymentReviewed": {"decision": "approve", "reviewer": "bob", "comment": "confirmed", "review_step": "checker",
+                        "outcome": "approved", "reason_detail": "approved by alice, confirmed by bob",
+                        "refusal_reason": None, "maker": "alice"},
 }
 
 
