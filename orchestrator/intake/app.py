@@ -306,6 +306,25 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
             raise Problem("client-disconnected", f"the client closed the connection after {size} bytes") from None
         return b"".join(chunks)
 
+    async def read_json_body(request: Request, limit: int, model, *, media_hint: str, schema_hint: str):
+        """(body bytes, parsed object, the validated `model`) of a JSON request: its media
+        type, size and read time, well-formed JSON, an object, no duplicate members, the schema."""
+        content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if content_type not in ("application/json", ""):
+            raise Problem("unsupported-media-type", media_hint)
+        body = await read_body(request, limit)
+        try:
+            raw = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise Problem("malformed-json", f"the body is not valid JSON: {exc}") from None
+        if not isinstance(raw, dict):
+            raise Problem("validation-error", "the body must be a JSON object", errors=[])
+        refuse_duplicate_members(body)
+        try:
+            return body, raw, model.model_validate(raw)
+        except ValidationError as exc:
+            raise Problem("validation-error", schema_hint, errors=_errors(exc.errors())) from None
+
     async def accept(tenant: TenantConfig, key: str | None, digest: str, build, *, caller: str,
                      earlier_digest: str | None = None) -> Response:
         """Shared idempotent acceptance: build payments, publish, remember the answer.
@@ -397,23 +416,10 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
     async def accept_json_payment(request: Request) -> Response:
         tenant = tenant_of(request, SCOPE_SUBMIT)
         key = idempotency_key_of(request)
-        content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-        if content_type not in ("application/json", ""):
-            raise Problem("unsupported-media-type", "send the payment as application/json "
-                          "(ISO 20022 documents go to /v1/payments/iso20022)")
-        body = await read_body(request, settings.intake.max_json_body_bytes)
-        try:
-            raw = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise Problem("malformed-json", f"the body is not valid JSON: {exc}") from None
-        if not isinstance(raw, dict):
-            raise Problem("validation-error", "the body must be a JSON object", errors=[])
-        refuse_duplicate_members(body)
-        try:
-            transfer = CreditTransferIn.model_validate(raw)
-        except ValidationError as exc:
-            raise Problem("validation-error", "the payment does not match the credit transfer schema",
-                          errors=_errors(exc.errors())) from None
+        body, raw, transfer = await read_json_body(
+            request, settings.intake.max_json_body_bytes, CreditTransferIn,
+            media_hint="send the payment as application/json (ISO 20022 documents go to /v1/payments/iso20022)",
+            schema_hint="the payment does not match the credit transfer schema")
 
         def build():
             payment_id = payment_id_for(tenant.tenant_id, key)
@@ -526,22 +532,9 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
             if problem is not None:
                 raise Problem("invalid-reviewer", problem)
             reviewer = named.strip()
-        content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-        if content_type not in ("application/json", ""):
-            raise Problem("unsupported-media-type", "send the decision as application/json")
-        body = await read_body(request, _REVIEW_BODY_MAX_BYTES)
-        try:
-            raw = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise Problem("malformed-json", f"the body is not valid JSON: {exc}") from None
-        if not isinstance(raw, dict):
-            raise Problem("validation-error", "the body must be a JSON object", errors=[])
-        refuse_duplicate_members(body)
-        try:
-            decision = ReviewIn.model_validate(raw)
-        except ValidationError as exc:
-            raise Problem("validation-error", "the decision does not match the review schema",
-                          errors=_errors(exc.errors())) from None
+        *_, decision = await read_json_body(request, _REVIEW_BODY_MAX_BYTES, ReviewIn,
+                                            media_hint="send the decision as application/json",
+                                            schema_hint="the decision does not match the review schema")
         store = tracking()
         try:
             seen = store.status_of(payment_id) if store and len(payment_id) <= 64 else None
