@@ -31,7 +31,7 @@ UP_STOP_TIMEOUT_S = 90
 # `payorch up` gives each rail's simulator the port after the previous one.
 SIMULATOR_PORTS = 16
 BOOTSTRAP_LINE = "local Kafka ready at "
-# The tenant files a stack may be given at most (--tenant-files); each adds 45 topics.
+# The tenant files a stack may be given at most (--tenant-files); each adds 50 topics (topics.py).
 MAX_TENANT_FILES = 64
 CPU_SAMPLE_INTERVAL_S = 0.25
 
@@ -128,7 +128,7 @@ def write_tenant_files(folder: Path, total: int) -> Path:
 
     A copy is its original under another id (`emea2`, `na2`, ... then `emea3`, ...),
     with its rails renamed the same way (`sepa_inst2`: the clearing simulator serves each
-    rail name once): the same rails, limits and watch lists, and its own 45 topics. The harness sends
+    rail name once): the same rails, limits and watch lists, and its own 50 topics. The harness sends
     traffic to the original tenants only, so the copies are configuration without work,
     which is what issue #9's "cost grows with work, not with configuration" compares.
     """
