@@ -16,7 +16,7 @@ app = typer.Typer(help="payorch: event-driven real-time payment orchestrator", n
 topics_app = typer.Typer(help="Kafka topics of every tenant", no_args_is_help=True)
 dlq_app = typer.Typer(help="Dead-letter topics: list, show and replay", no_args_is_help=True)
 ledger_app = typer.Typer(help="The double-entry ledger", no_args_is_help=True)
-apikey_app = typer.Typer(help="API keys of the intake: create, list, revoke", no_args_is_help=True)
+apikey_app = typer.Typer(help="API keys of the intake: create, rotate, list, revoke", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(dlq_app, name="dlq")
@@ -198,6 +198,9 @@ def apikey_create(
     scope: Annotated[list[str] | None, typer.Option(
         help="payments:submit, payments:read, payments:review or operate (repeatable); default: submit and read")] = None,
     label: Annotated[str, typer.Option(help="who or what uses the key")] = "",
+    client: Annotated[str | None, typer.Option(
+        help="the client the key is for, which owns its Idempotency-Keys; default: a new client named by the "
+             "key id (to replace a key, use `apikey rotate`)")] = None,
 ) -> None:
     """Create a key; it is printed once, as the last token of the output, and never stored."""
     from orchestrator.bootstrap import load_configured_tenants
@@ -209,14 +212,36 @@ def apikey_create(
         raise typer.Exit(2)
     store = _credential_store()
     try:
-        key, credential = store.create(tenant, tuple(scope or DEFAULT_SCOPES), label)
+        key, credential = store.create(tenant, tuple(scope or DEFAULT_SCOPES), label,
+                                       client_id=client.strip() if client is not None else None)
     except CredentialError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
     finally:
         store.close()
-    typer.echo(f"created {credential.key_id} for tenant {tenant} with {', '.join(sorted(credential.scopes))}; "
-               "store the key now, it is not shown again:")
+    typer.echo(f"created {credential.key_id} for tenant {tenant} (client {credential.client_id}) with "
+               f"{', '.join(sorted(credential.scopes))}; store the key now, it is not shown again:")
+    typer.echo(key)
+
+
+@apikey_app.command("rotate")
+def apikey_rotate(key_id: Annotated[str, typer.Argument(help="the live key to replace, as `apikey list` shows it")]
+                  ) -> None:
+    """A new key for the same client, tenant and scopes; printed once, as the last token.
+    Both keys work until you revoke the old one, and the client's Idempotency-Keys stay its own."""
+    from orchestrator.intake.credentials import CredentialError
+
+    store = _credential_store()
+    try:
+        key, credential = store.rotate(key_id.strip())
+    except CredentialError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    finally:
+        store.close()
+    typer.echo(f"created {credential.key_id} for client {credential.client_id} of tenant {credential.tenant_id} "
+               f"with {', '.join(sorted(credential.scopes))}; revoke {key_id.strip()} once the client uses the new "
+               "key. Store the key now, it is not shown again:")
     typer.echo(key)
 
 
@@ -230,8 +255,9 @@ def apikey_list() -> None:
         store.close()
     for credential in credentials:
         state = f"revoked {credential.revoked_at}" if credential.revoked_at else "live"
-        typer.echo(f"{credential.key_id}  {credential.tenant_id:<6} {','.join(sorted(credential.scopes)):<40} "
-                   f"created {credential.created_at}  {state}  {credential.label}")
+        typer.echo(f"{credential.key_id}  {credential.tenant_id:<6} client {credential.client_id:<14} "
+                   f"{','.join(sorted(credential.scopes)):<40} created {credential.created_at}  {state}  "
+                   f"{credential.label}")
     typer.echo(f"{len(credentials)} keys, {sum(c.revoked_at is None for c in credentials)} live")
 
 

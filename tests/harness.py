@@ -206,6 +206,14 @@ class System:
         """The Authorization header of the tenant's key."""
         return bearer(self.api_keys[tenant])
 
+    def payment_id(self, tenant: str, idempotency_key: str) -> str:
+        """The id the intake gives a payment posted with `idempotency_key` by the tenant's
+        key, which `ensure_local_keys` made as a client of its own (client id = key id)."""
+        from orchestrator.intake.app import payment_id_for
+
+        key_id = self.api_keys[tenant].split("_", 2)[1]
+        return payment_id_for(tenant, key_id, idempotency_key)
+
     def post(self, tenant: str, body: dict, *, key: str | None = None, client: httpx.Client | None = None):
         headers = self.auth(tenant)
         if key:

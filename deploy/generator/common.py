@@ -67,8 +67,10 @@ SCALABLE = {"sanctions", "ledger"}
 COLOCATED_WITH_INTAKE = {"tracking"}
 # Stages that call the clearing systems (execution's pacs.008, settlement's cycle report).
 CALLS_CLEARING = {"execution", "settlement"}
-# The DynamoDB backend is the ledger's only (orchestrator/ledger_store_dynamodb.py).
+# The ledger's DynamoDB tables (orchestrator/ledger_store_dynamodb.py) and the intake's
+# idempotency tables (orchestrator/intake/idempotency_dynamodb.py).
 LEDGER_TABLES = ("ledger-accounts", "ledger-transfers", "ledger-entries")
+INTAKE_TABLES = ("intake-idempotency-keys", "intake-accepted-payments")
 
 DATA_DIR = "/var/lib/payorch"
 CONTAINER_USER = "10001"  # deploy/container/Dockerfile: useradd --uid 10001 payorch
@@ -213,13 +215,18 @@ def dynamodb_statements(process: str) -> list[dict]:
     tables exist, made by dynamodb.yaml, so no CreateTable), GetItem, PutItem of a new
     account, and TransactWriteItems, which IAM authorises per item as PutItem, UpdateItem
     and ConditionCheckItem. The intake only reads the tenant's totals
-    (GET /v1/ledger/summary: DescribeTable and Scan)."""
+    (GET /v1/ledger/summary: DescribeTable and Scan), and claims and answers Idempotency-Keys
+    in its own tables (DescribeTable at start, GetItem, conditional PutItem and UpdateItem)."""
     tables = [table_arn(t) for t in LEDGER_TABLES]
     if process == "ledger":
         actions = ["dynamodb:DescribeTable", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
                    "dynamodb:ConditionCheckItem"]
     elif process == "intake":
-        actions = ["dynamodb:DescribeTable", "dynamodb:Scan"]
+        return [{"Sid": "LedgerTables", "Effect": "Allow", "Action": ["dynamodb:DescribeTable", "dynamodb:Scan"],
+                 "Resource": tables},
+                {"Sid": "IntakeTables", "Effect": "Allow",
+                 "Action": ["dynamodb:DescribeTable", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"],
+                 "Resource": [table_arn(t) for t in INTAKE_TABLES]}]
     else:
         return []
     return [{"Sid": "LedgerTables", "Effect": "Allow", "Action": actions, "Resource": tables}]

@@ -5,10 +5,11 @@ account formats, the tenant's limits) and answers problem+json; everything that 
 state or other systems (duplicates, screening, funds, clearing) happens in the stages
 and shows up in the payment's status.
 
-Idempotency: with an `Idempotency-Key`, the payment id is derived from the tenant and
-the key, so even a retry that reaches us after a crash (before the answer was stored)
-publishes the same payment again, which every stage recognises. The stored answer
-detects a key reused with another body (422).
+Idempotency: with an `Idempotency-Key`, the payment id is derived from the tenant, the
+caller's client and the key, so even a retry that reaches us after a crash (before the
+answer was stored) publishes the same payment again, which every stage recognises. The
+idempotency store arbitrates a key between concurrent requests and intake replicas, and
+detects a key reused with another body (422); see `orchestrator/intake/idempotency.py`.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from orchestrator.intake.credentials import (
     Credential,
     CredentialStore,
 )
-from orchestrator.intake.idempotency import AcceptedAnswer, IdempotencyStore
+from orchestrator.intake.idempotency import AcceptedAnswer, IdempotencyStoreUnavailable, open_idempotency_store
 from orchestrator.intake.jwt_bearer import JwtRejected, JwtVerifier, looks_like_jwt
 from orchestrator.intake.models import CreditTransferIn, ReviewIn
 from orchestrator.intake.openapi import install as install_openapi
@@ -73,6 +74,10 @@ from orchestrator.validation import normalise_payment, validate_payment
 log = logging.getLogger("payorch.intake")
 
 _IDEMPOTENCY_KEY_MAX_CHARS = 255
+# A claim whose holder neither answered nor gave up within the publish timeout and this
+# margin is taken to be a crashed holder's (see IdempotencyStore.claim).
+_CLAIM_MARGIN_S = 5.0
+_STORE_RETRY_AFTER_S = 2
 # A review decision is a word and a comment of at most 500 characters (up to 4 bytes each
 # in UTF-8, escaped in JSON at most 6): this holds any valid one.
 _REVIEW_BODY_MAX_BYTES = 4_096
@@ -157,17 +162,17 @@ def refuse_duplicate_members(body: bytes) -> None:
     json.loads(body, object_pairs_hook=_no_duplicate_members)
 
 
-def payment_id_for(tenant_id: str, idempotency_key: str | None) -> str:
+def payment_id_for(tenant_id: str, client_id: str, idempotency_key: str | None) -> str:
     if idempotency_key is None:
         return str(uuid.uuid4())
-    return deterministic_uuid4(f"idempotency/{tenant_id}/{idempotency_key}")
+    return deterministic_uuid4(f"idempotency/{tenant_id}/{client_id}/{idempotency_key}")
 
 
 def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publisher: EventPublisher | None = None) -> FastAPI:
     metrics = Metrics(settings.data_dir / "execution.sqlite")
     namer = TopicNamer(settings.topic_template)
     state: dict = {"ready_checked_at": 0.0, "ready": False}
-    key_locks: dict[tuple[str, str], asyncio.Lock] = {}
+    key_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -178,7 +183,7 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
         # Every payment is new here and none is read back, so the codec keeps no payment bytes.
         codec = EventCodec(settings.schemas_dir, keep_payments=False)
         state["publisher"] = publisher or EventPublisher(producer, codec, namer)
-        state["idempotency"] = IdempotencyStore(settings.data_dir / "intake.sqlite")
+        state["idempotency"] = open_idempotency_store(settings)
         state["credentials"] = CredentialStore(settings.data_dir / CREDENTIALS_FILE)
         state["jwt"] = JwtVerifier(settings.intake.jwt, tenants) if settings.intake.jwt is not None else None
         state["tracking"] = None
@@ -192,6 +197,21 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
 
     app = IntakeApp(title="payorch intake", version="1", lifespan=lifespan, default_response_class=JsonResponse,
                     allowed_hosts=settings.intake.allowed_hosts)
+
+    async def idempotency(method: str, *args, **kwargs):
+        """A call of the idempotency store: on the loop for a local file, on a worker thread
+        for a network store; an unreachable store refuses the request, accepting nothing."""
+        store = state["idempotency"]
+        call = getattr(store, method)
+        try:
+            if store.blocking_io:
+                return await asyncio.to_thread(call, *args, **kwargs)
+            return call(*args, **kwargs)
+        except IdempotencyStoreUnavailable as exc:
+            log.error("idempotency store unavailable: %s", exc)
+            raise Problem("store-unavailable", "the intake cannot reach its idempotency store; nothing was "
+                          f"accepted, send again after {_STORE_RETRY_AFTER_S} s",
+                          headers={"Retry-After": str(_STORE_RETRY_AFTER_S)}) from None
 
     def tracking() -> TrackingStore | None:
         if state["tracking"] is None:
@@ -325,38 +345,63 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
         except ValidationError as exc:
             raise Problem("validation-error", schema_hint, errors=_errors(exc.errors())) from None
 
-    async def accept(tenant: TenantConfig, key: str | None, digest: str, build, *, caller: str,
+    async def accept(tenant: TenantConfig, key: str | None, digest: str, build, *, credential: Credential,
                      earlier_digest: str | None = None) -> Response:
         """Shared idempotent acceptance: build payments, publish, remember the answer.
 
         `digest` identifies the request's content; an answer stored under the key
         with `earlier_digest` (how an earlier version identified the same content) is the
-        same request too. `caller` is the credential's key id, for the audit trail in the log.
+        same request too. Keys are the credential's client's (see idempotency.py).
         """
+        digests = (digest, earlier_digest) if earlier_digest is not None else (digest,)
         if key is None:
-            return await _accept_locked(tenant, key, (digest, earlier_digest), build, caller)
-        # Requests with the same key are serialised so the second sees the first's answer.
-        lock_key = (tenant.tenant_id, key)
+            return await _accept_locked(tenant, key, digests, build, credential)
+        # Requests with the same key in this process wait for each other, so the second
+        # gets the first's answer instead of a 409; the store arbitrates between processes.
+        lock_key = (tenant.tenant_id, credential.client_id, key)
         lock = key_locks.setdefault(lock_key, asyncio.Lock())
         try:
             async with lock:
-                return await _accept_locked(tenant, key, (digest, earlier_digest), build, caller)
+                return await _accept_locked(tenant, key, digests, build, credential)
         finally:
             if not lock.locked() and key_locks.get(lock_key) is lock:
                 del key_locks[lock_key]
 
-    async def _accept_locked(tenant: TenantConfig, key: str | None, digests: tuple[str, str | None],
-                             build, caller: str) -> Response:
-        digest = digests[0]
+    async def _accept_locked(tenant: TenantConfig, key: str | None, digests: tuple[str, ...],
+                             build, credential: Credential) -> Response:
+        claim_token = None
         if key is not None:
-            row = state["idempotency"].lookup(tenant.tenant_id, key)
-            if row is not None:
-                if row["body_sha256"] not in digests:
-                    raise Problem("idempotency-key-reused",
-                                  "this Idempotency-Key was already used with a different body")
+            outcome = await idempotency(
+                "claim", tenant.tenant_id, credential.client_id, key, digests, now_s=time.time(),
+                stale_after_s=settings.intake.publish_timeout_s + _CLAIM_MARGIN_S)
+            if outcome.kind == "reused":
+                raise Problem("idempotency-key-reused",
+                              "this Idempotency-Key was already used with a different body")
+            if outcome.kind == "answered":
                 metrics.idempotent_replays.labels(tenant.tenant_id).inc()
-                return JsonResponse(orjson.loads(row["response"]), status_code=row["status_code"],
-                                      headers={"Idempotent-Replayed": "true"})
+                return JsonResponse(outcome.response, status_code=outcome.status_code,
+                                    headers={"Idempotent-Replayed": "true"})
+            if outcome.kind == "in-progress":
+                raise Problem("request-in-progress", "a request with this Idempotency-Key and the same body is "
+                              f"being processed; send it again after {outcome.retry_after_s} s to get its answer",
+                              headers={"Retry-After": str(outcome.retry_after_s)})
+            claim_token = outcome.claim_token
+        try:
+            return await _accept_claimed(tenant, key, digests[0], build, credential, claim_token)
+        except BaseException:
+            if claim_token is not None:
+                # Refused, or the broker's answer is unknown: nothing was answered under the
+                # key, so the same body may come again at once (and another body may not).
+                # If this fails too, the claim goes stale on its own.
+                try:
+                    await idempotency("abandon", tenant.tenant_id, credential.client_id, key, claim_token)
+                except Problem:
+                    pass
+            raise
+
+    async def _accept_claimed(tenant: TenantConfig, key: str | None, digest: str, build, credential: Credential,
+                              claim_token: str | None) -> Response:
+        caller = credential.key_id
         payments, channel, response_of = build()
         # After the replay lookup (a known key gets its answer even while shedding) and
         # before anything is published: a refused payment never exists.
@@ -393,9 +438,19 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
                           payment_ids=[p.payment_id for p in payments]) from None
         metrics.publish_seconds.observe(time.perf_counter() - started)
         response = response_of(payments)
-        await state["idempotency"].remember(AcceptedAnswer(
+        try:
+            await state["idempotency"].remember(AcceptedAnswer(
             tenant.tenant_id, key, digest, 202, response,
-            [(p, now.isoformat(), e.event_id) for p, e in zip(payments, events)]))
+                [(p, now.isoformat(), e.event_id) for p, e in zip(payments, events)],
+                client_id=credential.client_id, claim_token=claim_token))
+        except IdempotencyStoreUnavailable as exc:
+            # The broker has the payments: a retry with the same key and body publishes the
+            # same payments again, which every stage recognises.
+            log.error("answer not stored: %s", exc, extra={"tenant_id": tenant.tenant_id})
+            raise Problem("store-unavailable",
+                          "the payment was published but its answer could not be stored; retry with the same "
+                          "Idempotency-Key", headers={"Retry-After": str(_STORE_RETRY_AFTER_S)},
+                          payment_ids=[p.payment_id for p in payments]) from None
         state["admission"].accepted(len(payments))
         for event, (partition, offset) in zip(events, positions, strict=True):
             metrics.received.labels(tenant.tenant_id, channel).inc()
@@ -422,7 +477,7 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
             schema_hint="the payment does not match the credit transfer schema")
 
         def build():
-            payment_id = payment_id_for(tenant.tenant_id, key)
+            payment_id = payment_id_for(tenant.tenant_id, request.state.credential.client_id, key)
             try:
                 payment = transfer.to_payment(payment_id, tenant.tenant_id)
             except MoneyError as exc:
@@ -437,7 +492,7 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
                                       for p in problems])
             return [payment], "json", lambda ps: _accepted_body(ps[0])
 
-        return await accept(tenant, key, json_digest(raw), build, caller=request.state.credential.key_id,
+        return await accept(tenant, key, json_digest(raw), build, credential=request.state.credential,
                             earlier_digest=body_digest(body, "json"))
 
     # The hot path: every payment comes this way (see IntakeApp).
@@ -464,7 +519,7 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
         # stored before this identified a document by its raw bytes.
         canonical = canonical_document(body, settings.intake.max_xml_body_bytes) if key is not None else None
         digest = body_digest(canonical, "xml-c14n2") if canonical is not None else body_digest(body, "xml")
-        return await accept(tenant, key, digest, build, caller=request.state.credential.key_id,
+        return await accept(tenant, key, digest, build, credential=request.state.credential,
                             earlier_digest=body_digest(body, "xml"))
 
     @app.get("/v1/payments/{payment_id}")
@@ -478,7 +533,7 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
         except sqlite3.OperationalError:
             record = None  # the tracking stage has not created its tables yet
         if record is None:
-            accepted = state["idempotency"].accepted(payment_id)
+            accepted = await idempotency("accepted", payment_id)
             if accepted is not None:
                 record = {"payment_id": payment_id, "tenant_id": accepted["tenant_id"], "status": "RECEIVED",
                           "reason": None, "end_to_end_id": accepted["end_to_end_id"],
@@ -546,7 +601,7 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
         except sqlite3.OperationalError:
             held = snapshot = None  # a tracking stage of a release before the review queue
         if seen is None and len(payment_id) <= 64:
-            accepted = state["idempotency"].accepted(payment_id)
+            accepted = await idempotency("accepted", payment_id)
             if accepted is not None:
                 seen = (accepted["tenant_id"], "RECEIVED")
         # Another tenant's payment is indistinguishable from a missing one.

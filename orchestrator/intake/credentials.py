@@ -6,6 +6,11 @@ digest is as strong as a slow password hash would be, and a lookup costs microse
 The store is `credentials.sqlite` in the data directory, written by `payorch apikey` and
 read by the intake, which remembers a verified key for `_VERIFIED_CACHE_S`: a revocation
 takes effect within that long.
+
+Each key belongs to a client (`client_id`): a new key starts a client of its own, and
+`rotate` issues a replacement key of the same client, tenant and scopes. Idempotency keys
+are the client's, so a client's retry after a rotation, sent with the new key, is still
+recognised as the same request.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 import sqlite3
 import time
@@ -40,8 +46,10 @@ _VERIFIED_CACHE_S = 2.0
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
   key_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, scopes TEXT NOT NULL, secret_sha256 TEXT NOT NULL,
-  label TEXT NOT NULL, created_at TEXT NOT NULL, revoked_at TEXT);
+  label TEXT NOT NULL, created_at TEXT NOT NULL, revoked_at TEXT, client_id TEXT);
 """
+# A client id is named by an operator or derived from a key id or a JWT claim.
+_CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 
 
 class CredentialError(ValueError):
@@ -60,6 +68,13 @@ class Credential:
     # bank's identity provider. An API key names a system, not a person, so it has none
     # (a review decision then names its reviewer in X-Reviewer).
     subject: str | None = None
+    # The client the credential was issued to, the scope of its Idempotency-Keys; it
+    # outlives the key (see `CredentialStore.rotate`). Empty means the key id.
+    client: str = ""
+
+    @property
+    def client_id(self) -> str:
+        return self.client or self.key_id
 
 
 def _digest(secret: str) -> str:
@@ -71,10 +86,18 @@ class CredentialStore:
         self.path = path
         self.db = open_sqlite(path)
         self.db.executescript(_SCHEMA)
+        columns = {row["name"] for row in self.db.execute("PRAGMA table_info(api_keys)")}
+        if "client_id" not in columns:  # a store of a release before clients: each key was its own
+            self.db.execute("ALTER TABLE api_keys ADD COLUMN client_id TEXT")
         self._verified: dict[str, tuple[float, Credential]] = {}
 
-    def create(self, tenant_id: str, scopes: tuple[str, ...] = DEFAULT_SCOPES, label: str = "") -> tuple[str, Credential]:
-        """A new credential and its key; the key is shown once and never stored."""
+    def create(self, tenant_id: str, scopes: tuple[str, ...] = DEFAULT_SCOPES, label: str = "",
+               client_id: str | None = None) -> tuple[str, Credential]:
+        """A new credential and its key; the key is shown once and never stored. Without
+        `client_id` the key starts a client of its own, named by its key id."""
+        if client_id is not None and not _CLIENT_ID.fullmatch(client_id):
+            raise CredentialError("a client id is 1 to 128 letters, digits and . _ : @ -, starting with a letter "
+                                  "or digit")
         unknown = sorted(set(scopes) - set(SCOPES))
         if unknown:
             raise CredentialError(f"unknown scope {unknown[0]!r}; scopes are {', '.join(SCOPES)}")
@@ -83,10 +106,23 @@ class CredentialStore:
         key_id = secrets.token_hex(6)
         secret = secrets.token_urlsafe(32)
         created_at = datetime.now(UTC).isoformat(timespec="seconds")
-        self.db.execute("INSERT INTO api_keys VALUES (?,?,?,?,?,?,NULL)",
-                        (key_id, tenant_id, ",".join(sorted(set(scopes))), _digest(secret), label, created_at))
-        credential = Credential(key_id, tenant_id, frozenset(scopes), label, created_at, None)
+        client_id = client_id or key_id
+        self.db.execute("INSERT INTO api_keys VALUES (?,?,?,?,?,?,NULL,?)",
+                        (key_id, tenant_id, ",".join(sorted(set(scopes))), _digest(secret), label, created_at,
+                         client_id))
+        credential = Credential(key_id, tenant_id, frozenset(scopes), label, created_at, None, client=client_id)
         return f"{_PREFIX}_{key_id}_{secret}", credential
+
+    def rotate(self, key_id: str) -> tuple[str, Credential]:
+        """A new key for the client of live key `key_id`: same tenant, scopes and label.
+        Both keys work until the old one is revoked, so clients can switch over."""
+        row = self.db.execute("SELECT * FROM api_keys WHERE key_id=?", (key_id,)).fetchone()
+        if row is None:
+            raise CredentialError(f"no credential {key_id!r}")
+        if row["revoked_at"] is not None:
+            raise CredentialError(f"credential {key_id} was revoked at {row['revoked_at']}; create a new one")
+        old = self._credential(row)
+        return self.create(old.tenant_id, tuple(sorted(old.scopes)), old.label, client_id=old.client_id)
 
     def list(self) -> list[Credential]:
         rows = self.db.execute("SELECT * FROM api_keys ORDER BY tenant_id, created_at").fetchall()
@@ -134,7 +170,7 @@ class CredentialStore:
     @staticmethod
     def _credential(row: sqlite3.Row) -> Credential:
         return Credential(row["key_id"], row["tenant_id"], frozenset(row["scopes"].split(",")), row["label"],
-                          row["created_at"], row["revoked_at"])
+                          row["created_at"], row["revoked_at"], client=row["client_id"] or row["key_id"])
 
 
 # Where `payorch up` (and the test harness) keep one local key per tenant, for the demo,

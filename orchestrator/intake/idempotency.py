@@ -13,12 +13,26 @@ less CPU than the hand-offs a writer thread needs per batch (wake the writer, wa
 loop when it is done, and the GIL passed back and forth in between). At 1,000
 payments/s, the intake's threads woke about 4 times per payment with a writer thread
 and 1.7 times without.
+
+Keys are scoped to the caller's client (`Credential.client_id`: an API key's client stays
+the same when the key is rotated; a JWT's is its `azp`/`client_id` claim), so another
+credential of the same tenant can neither replay nor squat a client's keys.
+
+The store, not a lock in one process, decides who processes a key (`claim`), so intake
+replicas that share it agree. A request first claims its key in a row of its own
+(committed before anything is published); a second request with the key then finds:
+the answer (replayed), another body (422 `idempotency-key-reused`), or a claim still in
+progress (409 `request-in-progress`). A claim whose holder crashed goes stale after
+`stale_after_s` and the next request with the same body takes it over: its payment id is
+derived from the key, so publishing it again is recognised by every stage.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import secrets
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -34,11 +48,15 @@ from orchestrator.storage import open_sqlite
 
 log = logging.getLogger("payorch.intake.idempotency")
 
+# `idempotency` (per tenant, answers only) is the table of releases before keys were
+# scoped to a client and claimed; it is only read, so that a retry of a request answered
+# before an upgrade still gets its answer.
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS idempotency (
-  tenant_id TEXT NOT NULL, idempotency_key TEXT NOT NULL, body_sha256 TEXT NOT NULL,
-  status_code INTEGER NOT NULL, response BLOB NOT NULL, created_at TEXT NOT NULL,
-  PRIMARY KEY (tenant_id, idempotency_key));
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+  tenant_id TEXT NOT NULL, client_id TEXT NOT NULL, idempotency_key TEXT NOT NULL,
+  body_sha256 TEXT NOT NULL, claim_token TEXT NOT NULL, claimed_at REAL NOT NULL,
+  status_code INTEGER, response BLOB, answered_at TEXT,
+  PRIMARY KEY (tenant_id, client_id, idempotency_key));
 CREATE TABLE IF NOT EXISTS accepted_payments (
   payment_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, end_to_end_id TEXT NOT NULL,
   received_at TEXT NOT NULL, event_id TEXT NOT NULL);
@@ -59,6 +77,26 @@ class AcceptedAnswer:
     status_code: int
     response: dict
     accepted: list[tuple[Payment, str, str]]
+    client_id: str = ""
+    # The claim the answer completes (see IdempotencyStore.claim); None without a key.
+    claim_token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimOutcome:
+    """What `claim` found. `kind` is one of:
+    - "claimed": the key is this request's to process; `claim_token` completes or abandons it;
+    - "answered": an earlier request with the same body was answered: `status_code`, `response`;
+    - "reused": the key was claimed or answered for another body;
+    - "in-progress": a request with the same body holds a live claim: send again in
+      `retry_after_s`.
+    """
+
+    kind: str
+    claim_token: str | None = None
+    status_code: int | None = None
+    response: dict | None = None
+    retry_after_s: int | None = None
 
 
 T = TypeVar("T")
@@ -104,6 +142,39 @@ class GroupCommit(Generic[T]):
                 future.set_exception(error)
 
 
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """What a store holds under one key: the claim, and the answer once there is one."""
+
+    body_sha256: str
+    claimed_at: float
+    status_code: int | None = None
+    response: dict | None = None
+
+
+def decide_claim(record: KeyRecord | None, digests: tuple[str, ...], *, now_s: float,
+                 stale_after_s: float) -> ClaimOutcome:
+    """The rule every store applies (a pure function of what it read). A "claimed" outcome
+    without a token means: write this request's claim, new or taken over, conditional on
+    the record still being what was read."""
+    if record is None:
+        return ClaimOutcome("claimed")
+    if record.body_sha256 not in digests:
+        return ClaimOutcome("reused")
+    if record.status_code is not None:
+        return ClaimOutcome("answered", status_code=record.status_code, response=record.response)
+    held_for_s = now_s - record.claimed_at
+    if held_for_s < stale_after_s:
+        return ClaimOutcome("in-progress", retry_after_s=max(1, math.ceil(stale_after_s - held_for_s)))
+    # Its holder crashed, or gave up without knowing whether the broker has the payment:
+    # the same body is the same payment, so this request takes the claim over.
+    return ClaimOutcome("claimed")
+
+
+class IdempotencyStoreUnavailable(Exception):
+    """The store could not be reached: nothing can be decided about a key."""
+
+
 class Checkpointer:
     """PASSIVE WAL checkpoints of one database, every `interval_s`, on a daemon thread:
     a checkpoint fsyncs, and whoever commits must not wait for that."""
@@ -133,17 +204,72 @@ class Checkpointer:
 
 
 class IdempotencyStore:
+    """The SQLite store: `intake.sqlite` in the data directory, shared by the intake
+    processes of one host (SQLite's file locks make their claims exclusive)."""
+
+    # Its calls are microseconds on a local file: made on the event loop, not a thread.
+    blocking_io = False
+
     def __init__(self, path: Path, *, checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S) -> None:
         self.db = open_sqlite(path, fsync_each_commit=False)
         self.db.executescript(_SCHEMA)
+        self._legacy = self.db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='idempotency'").fetchone() is not None
         # Checkpoints are the Checkpointer's: a commit on the loop never runs one.
         self.db.execute("PRAGMA wal_autocheckpoint=0")
         self._checkpointer = Checkpointer(path, checkpoint_interval_s)
         self._commits: GroupCommit[AcceptedAnswer] = GroupCommit(self._write)
 
-    def lookup(self, tenant_id: str, key: str) -> sqlite3.Row | None:
-        return self.db.execute("SELECT * FROM idempotency WHERE tenant_id=? AND idempotency_key=?",
-                               (tenant_id, key)).fetchone()
+    def claim(self, tenant_id: str, client_id: str, key: str, digests: tuple[str, ...], *,
+              now_s: float, stale_after_s: float) -> ClaimOutcome:
+        """Claim `key` for a request whose content is identified by any of `digests` (the
+        first is how this release identifies it), or say who has it. Committed before it
+        returns, so another process sharing the store sees the claim."""
+        token = secrets.token_hex(8)
+        # One write transaction: the read and the decision cannot interleave with another
+        # replica's claim of the same key.
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            outcome = self._claim_locked(tenant_id, client_id, key, digests, token, now_s, stale_after_s)
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+        return outcome
+
+    def _claim_locked(self, tenant_id: str, client_id: str, key: str, digests: tuple[str, ...], token: str,
+                      now_s: float, stale_after_s: float) -> ClaimOutcome:
+        row = self.db.execute("SELECT * FROM idempotency_keys WHERE tenant_id=? AND client_id=? AND "
+                              "idempotency_key=?", (tenant_id, client_id, key)).fetchone()
+        if row is None and self._legacy:
+            legacy = self.db.execute("SELECT * FROM idempotency WHERE tenant_id=? AND idempotency_key=?",
+                                     (tenant_id, key)).fetchone()
+            if legacy is not None:
+                return decide_claim(KeyRecord(legacy["body_sha256"], 0.0, legacy["status_code"],
+                                              orjson.loads(legacy["response"])),
+                                    digests, now_s=now_s, stale_after_s=stale_after_s)
+        record = None if row is None else KeyRecord(
+            row["body_sha256"], row["claimed_at"], row["status_code"],
+            orjson.loads(row["response"]) if row["response"] is not None else None)
+        outcome = decide_claim(record, digests, now_s=now_s, stale_after_s=stale_after_s)
+        if outcome.kind != "claimed":
+            return outcome
+        if row is None:
+            self.db.execute("INSERT INTO idempotency_keys (tenant_id, client_id, idempotency_key, body_sha256, "
+                            "claim_token, claimed_at) VALUES (?,?,?,?,?,?)",
+                            (tenant_id, client_id, key, digests[0], token, now_s))
+        else:
+            self.db.execute("UPDATE idempotency_keys SET claim_token=?, claimed_at=? WHERE tenant_id=? AND "
+                            "client_id=? AND idempotency_key=?", (token, now_s, tenant_id, client_id, key))
+        return ClaimOutcome("claimed", claim_token=token)
+
+    def abandon(self, tenant_id: str, client_id: str, key: str, claim_token: str) -> None:
+        """Give up a claim without an answer (the broker did not confirm in time): the
+        next request with the same body may take it over at once, another body is still
+        refused, since the broker may yet have the first one's payment."""
+        self.db.execute("UPDATE idempotency_keys SET claimed_at=0 WHERE tenant_id=? AND client_id=? AND "
+                        "idempotency_key=? AND claim_token=? AND status_code IS NULL",
+                        (tenant_id, client_id, key, claim_token))
 
     async def remember(self, answer: AcceptedAnswer) -> None:
         """Returns once the answer is committed."""
@@ -157,14 +283,27 @@ class IdempotencyStore:
         self.db.close()
 
     def _write(self, answers: list[AcceptedAnswer]) -> None:
-        created_at = datetime.now(UTC).isoformat()
+        answered_at = datetime.now(UTC).isoformat()
         with self.db:
             self.db.execute("BEGIN")
+            # The first answer under a claim is the one kept: a request that took over a
+            # stale claim answers with the same payments as the one it took it from.
             self.db.executemany(
-                "INSERT OR IGNORE INTO idempotency VALUES (?,?,?,?,?,?)",
-                [(a.tenant_id, a.key, a.body_sha256, a.status_code, orjson.dumps(a.response), created_at)
+                "UPDATE idempotency_keys SET status_code=?, response=?, answered_at=? WHERE tenant_id=? AND "
+                "client_id=? AND idempotency_key=? AND status_code IS NULL",
+                [(a.status_code, orjson.dumps(a.response), answered_at, a.tenant_id, a.client_id, a.key)
                  for a in answers if a.key is not None])
             self.db.executemany(
                 "INSERT OR IGNORE INTO accepted_payments VALUES (?,?,?,?,?)",
                 [(p.payment_id, p.tenant_id, p.end_to_end_id, received_at, event_id)
                  for a in answers for p, received_at, event_id in a.accepted])
+
+
+def open_idempotency_store(settings) -> IdempotencyStore:
+    """The intake's store: SQLite in the data directory, or DynamoDB where the deployment's
+    state is (`PAYORCH_STORAGE__BACKEND=dynamodb`), which replicas on several hosts share."""
+    if settings.storage.backend == "dynamodb":
+        from orchestrator.intake.idempotency_dynamodb import DynamoDBIdempotencyStore
+
+        return DynamoDBIdempotencyStore.from_settings(settings.storage.dynamodb)
+    return IdempotencyStore(settings.data_dir / "intake.sqlite")

@@ -214,7 +214,12 @@ class JwtVerifier:
             scopes = raw_scopes
         else:
             raise JwtRejected(f"the token's {settings.scope_claim!r} claim must be a string or a list of strings")
+        # The OAuth client the token was issued to (RFC 9068 `client_id`, OIDC `azp`) owns
+        # its Idempotency-Keys; a token naming none is its subject's own client.
+        client = claims.get("client_id", claims.get("azp", subject))
+        if not isinstance(client, str) or not _SUBJECT.match(client):
+            raise JwtRejected("the token's client_id (or azp) must be 1 to 128 printable ASCII characters")
         issued = datetime.fromtimestamp(issued_at, UTC).isoformat(timespec="seconds")
         return Credential(key_id=f"jwt:{subject}", tenant_id=tenant_id, scopes=frozenset(scopes) & frozenset(SCOPES),
                           label=f"JWT issued by {settings.issuer}", created_at=issued, revoked_at=None,
-                          subject=subject)
+                          subject=subject, client=f"jwt:{client}")

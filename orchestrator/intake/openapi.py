@@ -91,7 +91,7 @@ _DESCRIPTIONS = {400: "Bad request", 401: "No valid API key", 403: "The key does
                  413: "Too large", 415: "Unsupported media type", 422: "Not valid",
                  429: "The key is over its submission rate; send again after Retry-After", 500: "Internal error",
                  503: "Overloaded, or the outcome is unknown; send again after Retry-After"}
-_SUBMIT_STATUSES = (400, 401, 403, 408, 413, 415, 422, 429, 431, 500, 503)
+_SUBMIT_STATUSES = (400, 401, 403, 408, 409, 413, 415, 422, 429, 431, 500, 503)
 _READ_STATUSES = (401, 403, 404, 422, 500)
 _REVIEW_STATUSES = (400, 401, 403, 404, 408, 409, 413, 415, 422, 431, 500, 503)
 # Answered by the HTTP server itself on any path (orchestrator/intake/server.py).

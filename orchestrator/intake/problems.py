@@ -27,6 +27,7 @@ PROBLEM_KINDS: dict[str, tuple[int, str]] = {
     "payment-invalid": (422, "The payment breaks a business rule"),
     "idempotency-key-reused": (422, "The Idempotency-Key was used with another body"),
     "invalid-idempotency-key": (400, "The Idempotency-Key header is not valid"),
+    "request-in-progress": (409, "A request with this Idempotency-Key is being processed; send again after Retry-After"),
     "duplicate-json-key": (400, "A JSON object in the body names the same member twice"),
     "host-not-allowed": (400, "The Host header names a host this intake does not serve"),
     "payment-not-found": (404, "No such payment"),
@@ -44,6 +45,7 @@ PROBLEM_KINDS: dict[str, tuple[int, str]] = {
     "rate-limited": (429, "This API key has submitted more payments than its rate allows"),
     "overloaded": (503, "The payment flow cannot take more payments now; send again after Retry-After"),
     "server-busy": (503, "The intake is serving all the connections it can; send again after Retry-After"),
+    "store-unavailable": (503, "The intake cannot reach its idempotency store; send again after Retry-After"),
     "broker-unavailable": (503, "The broker did not confirm the payment in time; its outcome is unknown"),
     "internal-error": (500, "Internal error"),
 }

@@ -66,7 +66,8 @@ def _as_list(value):
 
 def test_iam_is_least_privilege():
     """No wildcard action; Kafka access only on the tenant's own topics, groups and
-    transactional ids (or its own cluster); DynamoDB only on the tenant's ledger tables."""
+    transactional ids (or its own cluster); DynamoDB only on the tenant's ledger tables, and
+    the intake's idempotency tables for the intake alone."""
     for path in TEMPLATES:
         for role, statement in _statements(load(path)):
             assert statement["Effect"] == "Allow", (path.name, role)
@@ -84,7 +85,8 @@ def test_iam_is_least_privilege():
             if any(a.startswith("dynamodb:") for a in actions):
                 assert "dynamodb:CreateTable" not in actions and "dynamodb:DeleteTable" not in actions
                 for arn in re.findall(r"table/([^\"]+)", resources):
-                    assert arn.startswith("payorch-${Tenant}-ledger-"), (path.name, role, arn)
+                    assert arn.startswith("payorch-${Tenant}-ledger-") or (
+                        arn.startswith("payorch-${Tenant}-intake-") and "Intake" in role), (path.name, role, arn)
             if resources == '"*"':
                 assert set(actions) <= {"ecr:GetAuthorizationToken", "ssmmessages:CreateControlChannel",
                                         "ssmmessages:CreateDataChannel", "ssmmessages:OpenControlChannel",

@@ -27,7 +27,6 @@ from lxml import etree
 
 from adapters.iso20022 import schemas
 from adapters.iso20022.camt053 import MESSAGE_VERSION as CAMT053
-from orchestrator.events import deterministic_uuid4
 from orchestrator.samples import sample_body
 from orchestrator.settings import REPO_ROOT
 from orchestrator.stages.settlement import cycle_at
@@ -98,14 +97,14 @@ def test_injected_rail_discrepancies_give_exactly_their_exceptions_and_a_valid_s
         # Warm up: the first payment waits for every consumer group to form.
         warm_key = f"recon-{run}-warm"
         assert system.post("emea", sample_body("emea", 0), key=warm_key).status_code == 202
-        warm_id = deterministic_uuid4(f"idempotency/emea/{warm_key}")
+        warm_id = system.payment_id("emea", warm_key)
         assert system.wait_terminal({warm_id: "emea"}, timeout_s=90)[warm_id]["status"] == "SETTLED"
 
         # Start at the beginning of a cycle, so its close is seconds away, not instants.
         while not 0.2 <= time.time() % CYCLE_S <= 1.5:
             time.sleep(0.05)
         keys = {name: f"recon-{run}-{name}" for name in ("clean", "omitted", "changed", "gbp")}
-        ids = {name: deterministic_uuid4(f"idempotency/emea/{key}") for name, key in keys.items()}
+        ids = {name: system.payment_id("emea", key) for name, key in keys.items()}
         admin = f"{system.sim_url}/admin/rails/sepa_inst/report-discrepancies"
         assert client.post(admin, json={"kind": "omit", "uetr": ids["omitted"]}).status_code == 201
         assert client.post(admin, json={"kind": "amount", "uetr": ids["changed"],

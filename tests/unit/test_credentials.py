@@ -116,3 +116,56 @@ def test_the_cli_creates_lists_and_revokes_keys(tmp_path):
     assert unknown_tenant.returncode == 2 and "not configured" in unknown_tenant.stderr
     bad_scope = cli(tmp_path, "create", "--tenant", "emea", "--scope", "root")
     assert bad_scope.returncode == 2 and "unknown scope" in bad_scope.stderr
+
+
+def test_a_rotated_key_keeps_its_client_tenant_and_scopes_and_both_work_until_revoked(store):
+    old_key, old = store.create("emea", (SCOPE_READ,), "ops")
+    new_key, new = store.rotate(old.key_id)
+    assert new.key_id != old.key_id and new_key != old_key
+    assert (new.client_id, new.tenant_id, new.scopes, new.label) == (old.key_id, "emea", {SCOPE_READ}, "ops")
+    assert store.verify(old_key).client_id == store.verify(new_key).client_id == old.key_id
+    store.revoke(old.key_id)
+    with pytest.raises(CredentialError, match="was revoked"):
+        store.rotate(old.key_id)
+    with pytest.raises(CredentialError, match="no credential"):
+        store.rotate("nope")
+    # A client named at creation; names that could not be a client are refused.
+    _, named = store.create("emea", client_id="payroll-batch")
+    assert named.client_id == "payroll-batch"
+    with pytest.raises(CredentialError, match="client id"):
+        store.create("emea", client_id="has space")
+
+
+def test_keys_of_a_store_made_before_clients_are_each_their_own_client(tmp_path):
+    path = tmp_path / "credentials.sqlite"
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE api_keys (key_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, scopes TEXT NOT NULL, "
+                "secret_sha256 TEXT NOT NULL, label TEXT NOT NULL, created_at TEXT NOT NULL, revoked_at TEXT)")
+    old.commit()
+    old.close()
+    store = CredentialStore(path)
+    try:
+        store.db.execute("INSERT INTO api_keys (key_id, tenant_id, scopes, secret_sha256, label, created_at) "
+                         "VALUES ('abc123', 'emea', 'payments:read', 'x', '', '2026-11-01')")
+        [listed] = store.list()
+        key, created = store.create("emea")
+    finally:
+        store.close()
+    assert listed.client_id == "abc123" and created.client_id == created.key_id
+
+
+def test_the_cli_rotates_a_key_for_the_same_client(tmp_path):
+    created = cli(tmp_path, "create", "--tenant", "emea", "--client", "payroll")
+    assert created.returncode == 0, created.stderr
+    assert "client payroll" in created.stdout
+    rotated = cli(tmp_path, "rotate", created.stdout.split()[-1].split("_")[1])
+    assert rotated.returncode == 0, rotated.stderr
+    store = CredentialStore(tmp_path / "credentials.sqlite")
+    old, new = store.verify(created.stdout.split()[-1]), store.verify(rotated.stdout.split()[-1])
+    store.close()
+    assert old.client_id == new.client_id == "payroll" and old.key_id != new.key_id
+    assert f"revoke {old.key_id}" in rotated.stdout
+    listed = cli(tmp_path, "list").stdout
+    assert listed.count("client payroll") == 2 and "2 keys, 2 live" in listed
+    gone = cli(tmp_path, "rotate", "nope")
+    assert gone.returncode == 1 and "no credential" in gone.stderr

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
 import sqlite3
 import time
+import uuid
 
 import httpx
 import pytest
@@ -23,10 +25,12 @@ from orchestrator.intake.credentials import (
     ensure_local_keys,
     read_local_keys,
 )
+from orchestrator.intake.idempotency import AcceptedAnswer, IdempotencyStore
 from orchestrator.intake.publisher import EventPublisher
 from orchestrator.samples import sample_body
 from orchestrator.settings import REPO_ROOT, Settings
 from orchestrator.topics import TopicNamer
+from tests.unit.conftest import EMULATOR_CREDENTIALS, EMULATOR_REGION
 from tests.unit.intake_fakes import FakeProducer, refused
 from tests.unit.stage_fixtures import TENANTS
 
@@ -35,9 +39,9 @@ PROBLEM = "application/problem+json"
 
 
 class World:
-    def __init__(self, tmp_path, intake: dict | None = None) -> None:
+    def __init__(self, tmp_path, intake: dict | None = None, storage: dict | None = None) -> None:
         self.settings = Settings(data_dir=tmp_path, kafka={"bootstrap_servers": "127.0.0.1:9"},
-                                 intake={"publish_timeout_s": 0.2, **(intake or {})})
+                                 intake={"publish_timeout_s": 0.2, **(intake or {})}, storage=storage or {})
         self.producer = FakeProducer()
         publisher = EventPublisher(self.producer, CODEC, TopicNamer(self.settings.topic_template))
         self.app = create_app(self.settings, TENANTS, publisher=publisher)
@@ -96,7 +100,7 @@ def test_an_accepted_payment_is_published_stored_and_answered_202(world):
     # The answer was stored before it was given: another connection sees it.
     db = sqlite3.connect(world.settings.data_dir / "intake.sqlite")
     assert db.execute("SELECT payment_id, event_id FROM accepted_payments").fetchall() == [(payment_id, event.event_id)]
-    assert db.execute("SELECT idempotency_key, status_code FROM idempotency").fetchall() == [("k-1", 202)]
+    assert db.execute("SELECT idempotency_key, status_code FROM idempotency_keys").fetchall() == [("k-1", 202)]
     db.close()
     status = world.client.get(f"/v1/payments/{payment_id}", headers=world.auth())
     assert status.status_code == 200 and status.json()["status"] == "RECEIVED"
@@ -119,10 +123,107 @@ def test_the_same_key_with_another_body_is_refused_and_not_published(world):
     other = post(world, {**body, "amount": "999.99"}, key="k-1")
     assert_problem(other, 422, "idempotency-key-reused")
     assert len(world.producer.produced) == 1
-    # The key belongs to its tenant: another tenant may use it for its own payment.
+    # The key belongs to its tenant's client: another tenant may use it for its own payment.
     elsewhere = post(world, sample_body("na"), tenant="na", key="k-1")
     assert elsewhere.status_code == 202 and elsewhere.json()["payment_id"] != post(world, body, key="k-1").json()[
         "payment_id"]
+
+
+def test_a_key_is_its_clients_own_and_survives_a_rotation(world):
+    store = CredentialStore(world.settings.data_dir / "credentials.sqlite")
+    mine, my_credential = store.create("emea", (SCOPE_SUBMIT,), "payroll")
+    theirs, _ = store.create("emea", (SCOPE_SUBMIT,), "treasury")
+    rotated, rotated_credential = store.rotate(my_credential.key_id)
+    store.close()
+    body = sample_body("emea")
+    first = post(world, body, tenant=None, key="k-client", headers=bearer(mine))
+    assert first.status_code == 202, first.text
+    # Another client of the same tenant can neither replay nor squat the key ...
+    other_client = post(world, {**body, "amount": "999.99"}, tenant=None, key="k-client", headers=bearer(theirs))
+    assert other_client.status_code == 202, other_client.text
+    assert other_client.json()["payment_id"] != first.json()["payment_id"]
+    # ... while the client's own retry, sent with its rotated key, is the same request.
+    assert rotated_credential.client_id == my_credential.client_id == my_credential.key_id
+    retried = post(world, body, tenant=None, key="k-client", headers=bearer(rotated))
+    assert retried.json() == first.json() and retried.headers["idempotent-replayed"] == "true"
+    assert_problem(post(world, {**body, "amount": "1.00"}, tenant=None, key="k-client", headers=bearer(rotated)),
+                   422, "idempotency-key-reused")
+    assert len(world.producer.produced) == 2
+
+
+def test_a_key_another_replica_is_processing_answers_409_with_retry_after(world):
+    """Another intake process sharing the store holds a live claim on the key."""
+    from orchestrator.intake.app import json_digest
+
+    body = sample_body("emea")
+    key_id = world.keys["emea"].split("_")[1]  # a key made by `create` is its own client
+    replica = IdempotencyStore(world.settings.data_dir / "intake.sqlite")
+    held = replica.claim("emea", key_id, "k-replica", (json_digest(body),), now_s=time.time(), stale_after_s=5.2)
+    assert held.kind == "claimed"
+    busy = post(world, body, key="k-replica")
+    problem = assert_problem(busy, 409, "request-in-progress")
+    assert 1 <= int(busy.headers["retry-after"]) <= 6 and "Retry-After" not in problem
+    assert_problem(post(world, {**body, "amount": "999.99"}, key="k-replica"), 422, "idempotency-key-reused")
+    assert world.producer.produced == []
+    # The replica answers; the same request is then replayed from its answer.
+    answered = {"payment_id": "p-of-the-replica", "status": "RECEIVED"}
+    world.client.portal.call(replica.remember, AcceptedAnswer(
+        "emea", "k-replica", json_digest(body), 202, answered, [], client_id=key_id, claim_token=held.claim_token))
+    replica.close()
+    replayed = post(world, body, key="k-replica")
+    assert replayed.status_code == 202 and replayed.json() == answered
+    assert world.producer.produced == []
+
+
+def test_a_body_refused_under_a_claimed_key_leaves_the_key_free_for_the_same_body(world):
+    # An unconfirmed publish abandons the claim: the same body may come again at once,
+    # another body may not (the broker may yet have the first one's payment).
+    world.producer.answers.append(refused())
+    body = sample_body("emea")
+    assert_problem(post(world, body, key="k-abandoned"), 503, "broker-unavailable")
+    assert_problem(post(world, {**body, "amount": "999.99"}, key="k-abandoned"), 422, "idempotency-key-reused")
+    assert post(world, body, key="k-abandoned").status_code == 202
+
+
+def test_on_dynamodb_replicas_on_other_hosts_share_keys_and_an_unreachable_store_accepts_nothing(
+        tmp_path, dynamodb_emulator, monkeypatch):
+    """Two intakes with their own data directories (two hosts) and one DynamoDB EMULATOR."""
+    from botocore.exceptions import EndpointConnectionError
+
+    from orchestrator.intake.idempotency_dynamodb import DynamoDBIdempotencyStore
+
+    opened = []
+    open_from_settings = DynamoDBIdempotencyStore.from_settings
+    monkeypatch.setattr(DynamoDBIdempotencyStore, "from_settings",
+                        lambda settings: opened.append(open_from_settings(settings)) or opened[-1])
+    storage = {"backend": "dynamodb", "dynamodb": {"endpoint_url": dynamodb_emulator, "region": EMULATOR_REGION,
+                                                   "table_prefix": f"t{uuid.uuid4().hex[:12]}-"}}
+    for name, value in EMULATOR_CREDENTIALS.items():
+        monkeypatch.setenv(name.upper(), value)
+    body = sample_body("emea")
+    one, two = World(tmp_path / "host-1", storage=storage), World(tmp_path / "host-2", storage=storage)
+    two.keys = one.keys  # the same client calls both
+    shutil.copyfile(tmp_path / "host-1" / "credentials.sqlite", tmp_path / "host-2" / "credentials.sqlite")
+    with TestClient(one.app, base_url="http://127.0.0.1:8080") as first_client, \
+            TestClient(two.app, base_url="http://127.0.0.1:8080") as second_client:
+        one.client, two.client = first_client, second_client
+        first = post(one, body, key="k-hosts")
+        assert first.status_code == 202, first.text
+        again = post(two, body, key="k-hosts")
+        assert again.json() == first.json() and again.headers["idempotent-replayed"] == "true"
+        assert_problem(post(two, {**body, "amount": "999.99"}, key="k-hosts"), 422, "idempotency-key-reused")
+        payment_id = first.json()["payment_id"]
+        assert two.client.get(f"/v1/payments/{payment_id}", headers=two.auth()).json()["status"] == "RECEIVED"
+        assert len(one.producer.produced) == 1 and two.producer.produced == []
+
+        def unreachable(*args, **kwargs):
+            raise EndpointConnectionError(endpoint_url=dynamodb_emulator)
+
+        monkeypatch.setattr(opened[0].client, "get_item", unreachable)
+        refused = post(one, body, key="k-down")
+        problem = assert_problem(refused, 503, "store-unavailable")
+        assert refused.headers["retry-after"] == "2" and "nothing was accepted" in problem["detail"]
+        assert len(one.producer.produced) == 1
 
 
 def test_a_key_with_surrounding_whitespace_is_the_same_key(world):
@@ -162,7 +263,7 @@ def test_an_answer_stored_under_the_raw_body_digest_is_still_recognised(world):
     raw = json.dumps(sample_body("emea")).encode()
     first = post(world, raw, key="k-old")
     db = sqlite3.connect(world.settings.data_dir / "intake.sqlite")
-    db.execute("UPDATE idempotency SET body_sha256=? WHERE idempotency_key='k-old'", (body_digest(raw, "json"),))
+    db.execute("UPDATE idempotency_keys SET body_sha256=? WHERE idempotency_key='k-old'", (body_digest(raw, "json"),))
     db.commit()
     db.close()
     again = post(world, raw, key="k-old")
@@ -608,7 +709,7 @@ def test_an_iso_answer_stored_under_the_raw_document_digest_is_still_recognised(
     first = post_xml(world, document, "k-raw")
     assert first.status_code == 202, first.text
     db = sqlite3.connect(world.settings.data_dir / "intake.sqlite")
-    db.execute("UPDATE idempotency SET body_sha256=? WHERE idempotency_key='k-raw'", (body_digest(document, "xml"),))
+    db.execute("UPDATE idempotency_keys SET body_sha256=? WHERE idempotency_key='k-raw'", (body_digest(document, "xml"),))
     db.commit()
     db.close()
     again = post_xml(world, document, "k-raw")

@@ -81,6 +81,13 @@ def test_a_valid_token_is_a_credential_of_its_tenant_with_its_known_scopes(verif
     assert ec_credential.scopes == {SCOPE_READ}
 
 
+def test_a_tokens_client_owns_its_idempotency_keys_whoever_its_subject(verifier):
+    # RFC 9068's client_id, else OIDC's azp, else the subject is its own client.
+    assert verifier.verify(token(client_id="bank-gw", azp="other")).client_id == "jwt:bank-gw"
+    assert verifier.verify(token(sub="alice", azp="bank-gw")).client_id == "jwt:bank-gw"
+    assert verifier.verify(token(sub="bob")).client_id == "jwt:bob"
+
+
 @pytest.mark.parametrize(("make", "reason"), [
     (lambda: token(lifetime_s=-120, iat_offset_s=-200), "expired"),
     (lambda: token(iat_offset_s=0, nbf=int(time.time()) + 600), "not valid yet"),
@@ -91,6 +98,7 @@ def test_a_valid_token_is_a_credential_of_its_tenant_with_its_known_scopes(verif
     (lambda: token(payorch_tenant=None), "names no tenant"),
     (lambda: token(payorch_tenant="mars"), "names no tenant"),
     (lambda: token(sub="a b"), "printable ASCII"),
+    (lambda: token(client_id=["x"]), "client_id"),
     (lambda: token(lifetime_s=86_400), "lives longer than 3600 s"),
     (lambda: token(scope=7), "string or a list"),
     (lambda: token(OTHER_RSA_KEY), "signature does not verify"),
