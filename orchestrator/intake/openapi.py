@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from orchestrator.intake.models import CreditTransferIn, ReviewIn
+from orchestrator.intake.openapi_responses import OK_SCHEMA_OF_PATH, SCHEMAS, json_content
 from orchestrator.intake.problems import PROBLEM_CONTENT_TYPE, PROBLEM_KINDS, PROBLEM_TYPE_BASE
 from orchestrator.reviews import REVIEWER_MAX_CHARS
 
@@ -104,7 +105,6 @@ def _problems(statuses: tuple[int, ...]) -> dict[str, Any]:
             for status in statuses}
 
 
-_JSON_OBJECT = {"application/json": {"schema": {"type": "object"}}}
 _XML_DOCUMENT = {"application/xml": {"schema": {"type": "string"}}}
 # What each GET answers with 200: FastAPI declares an untyped return as a string.
 _OK_CONTENT = {
@@ -129,6 +129,7 @@ def describe(app: FastAPI) -> dict[str, Any]:
     schemas["DocumentAccepted"] = _ACCEPTED_DOCUMENT_SCHEMA
     schemas["ReviewDecision"] = ReviewIn.model_json_schema(ref_template="#/components/schemas/{model}")
     schemas["ReviewSubmitted"] = _REVIEW_SUBMITTED_SCHEMA
+    schemas.update(SCHEMAS)
     components["securitySchemes"] = {"apiKey": {"type": "http", "scheme": "bearer",
                                                 "description": "An API key of one tenant (`payorch apikey create`), or, where the "
                                                                "intake is configured for it, a JWT from the bank's "
@@ -145,7 +146,8 @@ def describe(app: FastAPI) -> dict[str, Any]:
             responses.update({code: answer for code, answer in _problems(_SERVER_STATUSES).items()
                               if code not in responses})
             if method == "get":
-                responses["200"] = {"description": "OK", "content": _OK_CONTENT.get(path, _JSON_OBJECT)}
+                content = json_content(OK_SCHEMA_OF_PATH[path]) if path in OK_SCHEMA_OF_PATH else _OK_CONTENT[path]
+                responses["200"] = {"description": "OK", "content": content}
             if path.startswith("/v1/") and method == "get":
                 operation.setdefault("parameters", []).append(_HEADERS["tenant"])
                 responses.update(_problems(_READ_STATUSES))
@@ -154,7 +156,7 @@ def describe(app: FastAPI) -> dict[str, Any]:
                     parameter["schema"] = {"type": "string", "enum": ["debtor", "creditor"], "default": "debtor"}
     paths["/metrics"]["get"]["responses"].update(_problems((401, 403)))
     paths["/readyz"]["get"]["responses"]["503"] = {"description": "The broker does not answer",
-                                                   "content": _JSON_OBJECT}
+                                                   "content": json_content("Readiness")}
     payments = paths["/v1/payments"]["post"]
     payments["parameters"] = [_HEADERS["idempotency"], _HEADERS["tenant"]]
     payments["requestBody"] = {"required": True, "content": {

@@ -17,6 +17,7 @@ from confluent_kafka import Producer
 from orchestrator.samples import TENANTS, sample_body
 from orchestrator.topics import TopicNamer
 from tests.harness import System
+from tests.openapi_check import assert_answer_matches
 
 pytestmark = pytest.mark.integration
 
@@ -58,6 +59,14 @@ def test_a_payment_of_every_tenant_and_rail_settles_with_a_full_timeline(system)
     assert len(records) == len(tenant_of), f"unfinished; execution log:\n{system.log_tail('execution')}"
     # The ledger posts concurrently with settlement, so its event may trail SETTLED a little.
     records = {pid: wait_for_event(system, tenant_of[pid], pid, "FundsPosted") for pid in records}
+    # Every field of a settled payment's answer is one the OpenAPI document describes.
+    document = httpx.get(f"{system.base_url}/openapi.json").json()
+    for payment_id, tenant in tenant_of.items():
+        assert_answer_matches(document, "/v1/payments/{payment_id}", system.get(tenant, payment_id))
+    for tenant in TENANTS:
+        summary = httpx.get(f"{system.base_url}/v1/ledger/summary", headers=system.auth(tenant))
+        assert_answer_matches(document, "/v1/ledger/summary", summary)
+        assert summary.json()["transfers"], (tenant, summary.json())
     for payment_id, record in records.items():
         label = f"{record['tenant_id']} {payment_id}"
         assert record["status"] == "SETTLED", (label, record)
@@ -225,8 +234,11 @@ def test_poison_message_is_dead_lettered_and_listed(system):
 
 
 def test_metrics_and_probes(system):
+    document = httpx.get(f"{system.base_url}/openapi.json").json()
     assert httpx.get(f"{system.base_url}/healthz").json() == {"status": "ok"}
+    assert_answer_matches(document, "/healthz", httpx.get(f"{system.base_url}/healthz"))
     assert httpx.get(f"{system.base_url}/readyz").status_code == 200
+    assert_answer_matches(document, "/readyz", httpx.get(f"{system.base_url}/readyz"))
     assert httpx.get(f"{system.base_url}/metrics").status_code == 401
     metrics = httpx.get(f"{system.base_url}/metrics", headers=system.auth("emea")).text
     assert "payorch_intake_payments_received_total" in metrics

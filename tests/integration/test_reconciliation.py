@@ -32,6 +32,7 @@ from orchestrator.settings import REPO_ROOT
 from orchestrator.stages.settlement import cycle_at
 from orchestrator.tenants import load_tenants
 from tests.harness import System
+from tests.openapi_check import assert_answer_matches
 
 pytestmark = pytest.mark.integration
 
@@ -144,10 +145,19 @@ def test_injected_rail_discrepancies_give_exactly_their_exceptions_and_a_valid_s
 
         closed = wait_closed(system, set(cycle_of.values()) | {cycle_of["gbp"]}, client, timeout_s=90)
 
+        # Every field of these answers is one the OpenAPI document describes.
+        document = client.get(f"{system.base_url}/openapi.json").json()
+        assert_answer_matches(document, "/v1/settlement/cycles", api(system, "/v1/settlement/cycles", client))
+        for name in ("omitted", "changed"):
+            assert_answer_matches(document, "/v1/payments/{payment_id}", api(system, f"/v1/payments/{ids[name]}",
+                                                                            client))
+
         # Exactly the injected discrepancies, on every closed cycle of the tenant.
         found = set()
         for cycle_id in closed:
-            detail = api(system, f"/v1/settlement/cycles/{cycle_id}", client).json()
+            answer = api(system, f"/v1/settlement/cycles/{cycle_id}", client)
+            assert_answer_matches(document, "/v1/settlement/cycles/{cycle_id}", answer)
+            detail = answer.json()
             assert detail["exception_count"] == len(detail["exceptions"])
             found |= {(e["kind"], e["payment_id"], e["cycle_id"]) for e in detail["exceptions"]}
         assert found == {("missing_at_rail", ids["omitted"], cycle_of["omitted"]),

@@ -16,6 +16,7 @@ from orchestrator.settings import REPO_ROOT, Settings
 from orchestrator.stages.routing import RoutingStage
 from orchestrator.stages.tracking import TrackingStore
 from orchestrator.topics import TopicNamer
+from tests.openapi_check import assert_answer_matches
 from tests.unit.intake_fakes import FakeProducer
 from tests.unit.stage_fixtures import ALLOW, TENANTS, at
 from tests.unit.test_intake_api import assert_problem
@@ -82,6 +83,8 @@ def test_the_queue_lists_held_payments_oldest_first_with_the_hit_and_a_next_page
     world.hold("na")
     answer = reviews(world)
     assert answer.status_code == 200, answer.text
+    document = world.client.get("/openapi.json").json()
+    assert_answer_matches(document, "/v1/reviews", answer)
     body = answer.json()
     assert body["tenant_id"] == "emea" and "next" not in body["links"]
     assert [r["payment_id"] for r in body["reviews"]] == [early[0].payment_id, late[0].payment_id]
@@ -96,6 +99,10 @@ def test_the_queue_lists_held_payments_oldest_first_with_the_hit_and_a_next_page
     assert first["amount"] == "125.50" and first["currency"] == "EUR"
     assert first["links"]["review"] == f"/v1/payments/{early[0].payment_id}/review"
     assert body["reviews"][1]["fraud"] == {"outcome": "REVIEW", "score": 50, "rules_triggered": ["amount_above_review"]}
+    assert_answer_matches(document, "/v1/reviews", reviews(world, "?limit=1"))
+    held = world.client.get(f"/v1/payments/{early[0].payment_id}", headers=bearer(world.keys["emea"]))
+    assert held.json()["status"] == "HELD"
+    assert_answer_matches(document, "/v1/payments/{payment_id}", held)
     page = reviews(world, "?limit=1").json()
     assert [r["payment_id"] for r in page["reviews"]] == [early[0].payment_id]
     following = world.client.get(page["links"]["next"], headers=bearer(world.keys["emea"])).json()
