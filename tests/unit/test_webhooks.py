@@ -460,3 +460,17 @@ def test_the_outbox_reads_back_read_only(tmp_path):
         assert outbox.deliveries() == []
     finally:
         outbox.close()
+
+
+def test_payorch_up_runs_the_notifications_stage_only_when_a_tenant_configures_webhooks():
+    from orchestrator.settings import Settings
+    from orchestrator.supervisor import Supervisor
+
+    settings = Settings(kafka={"bootstrap_servers": "127.0.0.1:1"})
+    supervisor = Supervisor(settings, echo=lambda line: None)
+    assert supervisor.stage_plan(TENANTS) == settings.stage_processes
+    assert supervisor.stage_plan(_tenants_with([ENDPOINT])) == (*settings.stage_processes, ("notifications",))
+    planned = Settings(kafka={"bootstrap_servers": "127.0.0.1:1"},
+                       stage_processes=(*settings.stage_processes[:-1], ("tracking", "notifications")))
+    assert Supervisor(planned, echo=lambda line: None).stage_plan(_tenants_with([ENDPOINT])) == \
+        planned.stage_processes, "a plan that hosts it already is kept"
