@@ -115,7 +115,8 @@ class WebhookDeliveryWorker:
         self.resolver = resolver
         self.environ = environ
         self.clock = clock
-        self.rng = rng or random.Random()  # nosec B311 - spreads retries, not a secret
+        # bandit B311: spreads retries in time; nothing secret depends on it.
+        self.rng = rng or random.Random()  # nosec B311
         timeout = httpx.Timeout(settings.request_timeout_s)
         self.client = httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False,
                                    limits=httpx.Limits(max_connections=settings.max_concurrent_requests),
@@ -169,13 +170,19 @@ class WebhookDeliveryWorker:
             future = self.pool.submit(self._deliver, row)
             with self._in_flight_lock:
                 self._in_flight[delivery_id] = future
-            future.add_done_callback(lambda _f, d=delivery_id: self._done(d))
+            future.add_done_callback(lambda f, d=delivery_id: self._done(d, f))
             started.append(future)
         return started
 
-    def _done(self, delivery_id: str) -> None:
+    def _done(self, delivery_id: str, future: Future) -> None:
         with self._in_flight_lock:
             self._in_flight.pop(delivery_id, None)
+        error = None if future.cancelled() else future.exception()
+        if error is not None:
+            # The attempt could not be recorded (the store was busy or closed): the delivery
+            # stays pending and is attempted again, with the same webhook-id.
+            log.error("webhook attempt not recorded: %s: %s", type(error).__name__, error,
+                      extra={"delivery_id": delivery_id})
 
     # -- one attempt -----------------------------------------------------------------------
 

@@ -22,7 +22,8 @@ import ipaddress
 import random
 import secrets as _secrets
 
-SECRET_PREFIX = "whsec_"
+# bandit B105: the secret format's prefix, not a secret.
+SECRET_PREFIX = "whsec_"  # nosec B105
 SIGNATURE_VERSION = "v1"
 # Keys shorter than this are refused: HMAC-SHA256 wants at least its output length of
 # randomness, and the spec allows 24 to 64 bytes.
@@ -130,7 +131,8 @@ def backoff_delay_s(attempt: int, *, base_s: float, max_s: float, jitter: float,
         raise ValueError("the first attempt is number 1")
     delay = min(max_s, base_s * 2 ** min(attempt - 1, 62))
     if jitter:
-        delay *= 1 + (rng or random).uniform(-jitter, jitter)  # nosec B311 - spreading retries, not a secret
+        # bandit B311: spreads retries in time; nothing secret depends on it.
+        delay *= 1 + (rng or random).uniform(-jitter, jitter)  # nosec B311
     return max(0.0, delay)
 
 
