@@ -28,6 +28,7 @@ import logging
 import os
 import random
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -108,7 +109,7 @@ def pinned_request_target(url: str, *, allow_private: bool, resolver: Resolver) 
 class WebhookDeliveryWorker:
     def __init__(self, outbox_path: Path, tenants: dict[str, TenantConfig], settings: NotificationSettings, *,
                  resolver: Resolver = resolve_host, environ=os.environ, clock: Callable[[], float] = time.time,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, tls_verify: ssl.SSLContext | bool = True) -> None:
         self.outbox = WebhookOutbox(outbox_path)
         self.tenants = tenants
         self.settings = settings
@@ -118,7 +119,8 @@ class WebhookDeliveryWorker:
         # bandit B311: spreads retries in time; nothing secret depends on it.
         self.rng = rng or random.Random()  # nosec B311
         timeout = httpx.Timeout(settings.request_timeout_s)
-        self.client = httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False,
+        # tls_verify: httpx's default CA bundle; a test passes a context trusting its own CA.
+        self.client = httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False, verify=tls_verify,
                                    limits=httpx.Limits(max_connections=settings.max_concurrent_requests),
                                    headers={"user-agent": USER_AGENT})
         self.pool = ThreadPoolExecutor(max_workers=settings.max_concurrent_requests,

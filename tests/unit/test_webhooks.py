@@ -474,3 +474,64 @@ def test_payorch_up_runs_the_notifications_stage_only_when_a_tenant_configures_w
                        stage_processes=(*settings.stage_processes[:-1], ("tracking", "notifications")))
     assert Supervisor(planned, echo=lambda line: None).stage_plan(_tenants_with([ENDPOINT])) == \
         planned.stage_processes, "a plan that hosts it already is kept"
+
+
+def _self_signed(tmp_path: Path, host: str) -> tuple[Path, Path]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+@pytest.mark.parametrize("certificate_host, delivered", [("hooks.test", True), ("other.test", False)])
+def test_https_to_the_checked_address_verifies_the_certificate_of_the_urls_host(tmp_path, secret, certificate_host,
+                                                                                delivered):
+    """The request goes to the address that was checked, yet TLS still names and verifies
+    the URL's host (SNI and the certificate), and the Host header is the URL's."""
+    import ssl
+
+    cert_file, key_file = _self_signed(tmp_path, certificate_host)
+    clock = Clock()
+    receiver = Receiver((parse_secret(secret),), clock=clock)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert_file, key_file)
+    names: list[str] = []
+    server_tls.sni_callback = lambda sock, name, context: names.append(name)
+    receiver.server.socket = server_tls.wrap_socket(receiver.server.socket, server_side=True)
+    port = receiver.server.server_address[1]
+    tenants = _tenants_with([{**ENDPOINT, "url": f"https://hooks.test:{port}/hooks"}], allow_private=True)
+    _queue_one(tmp_path, tenants, clock.now)
+    worker = WebhookDeliveryWorker(tmp_path / OUTBOX_FILE, tenants, NotificationSettings(backoff_jitter=0),
+                                   environ={"PAYORCH_WEBHOOK_SECRET": secret}, clock=clock,
+                                   resolver=lambda host, port: ["127.0.0.1"],
+                                   tls_verify=ssl.create_default_context(cafile=str(cert_file)))
+    try:
+        _round(worker)
+        delivery = worker.outbox.deliveries()[0]
+        assert names and names[0] == "hooks.test"
+        if delivered:
+            assert delivery["state"] == "delivered", delivery["last_error"]
+            assert receiver.headers[0]["host"] == f"hooks.test:{port}"
+        else:
+            assert delivery["state"] == "pending" and "CERTIFICATE_VERIFY_FAILED" in delivery["last_error"]
+            assert receiver.got == []
+    finally:
+        worker.stop()
+        receiver.close()
