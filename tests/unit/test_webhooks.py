@@ -535,3 +535,41 @@ def test_https_to_the_checked_address_verifies_the_certificate_of_the_urls_host(
     finally:
         worker.stop()
         receiver.close()
+
+
+def test_the_webhooks_cli_lists_shows_and_redelivers(tmp_path, secret, monkeypatch):
+    from typer.testing import CliRunner
+
+    from orchestrator import cli
+    from orchestrator.settings import Settings
+
+    monkeypatch.setattr(cli, "get_settings", lambda: Settings(data_dir=tmp_path))
+    runner = CliRunner()
+    assert runner.invoke(cli.app, ["webhooks", "deliveries"]).exit_code == 1  # no outbox yet
+    receiver = Receiver((parse_secret(secret),), script=[500])
+    tenants = _tenants_with([{**ENDPOINT, "url": receiver.url}], allow_private=True)
+    import time
+
+    clock = Clock(time.time())  # the CLI's redelivery is due from the real clock
+    receiver.clock = clock
+    settled = _queue_one(tmp_path, tenants, clock.now)
+    worker = _worker(tmp_path, tenants, secret, clock, max_attempts=1)
+    try:
+        _round(worker)
+        listed = runner.invoke(cli.app, ["webhooks", "deliveries", "--state", "dead"])
+        assert listed.exit_code == 0 and f"{settled.event_id}.core" in listed.stdout and "1 deliveries" in listed.stdout
+        assert runner.invoke(cli.app, ["webhooks", "deliveries", "--state", "lost"]).exit_code == 2
+        shown = runner.invoke(cli.app, ["webhooks", "attempts", f"{settled.event_id}.core"])
+        assert shown.exit_code == 0 and "HTTP 500" in shown.stdout and "1 attempts" in shown.stdout
+        assert runner.invoke(cli.app, ["webhooks", "attempts", "nope.core"]).exit_code == 1
+        again = runner.invoke(cli.app, ["webhooks", "redeliver", f"{settled.event_id}.core"])
+        assert again.exit_code == 0 and "it was dead" in again.stdout
+        assert runner.invoke(cli.app, ["webhooks", "redeliver", "nope.core"]).exit_code == 1
+        clock.now = time.time() + 1
+        _round(worker)
+        assert worker.outbox.deliveries()[0]["state"] == "delivered" and len(receiver.got) == 1
+        secret_out = runner.invoke(cli.app, ["webhooks", "new-secret"])
+        assert parse_secret(secret_out.stdout.strip().splitlines()[-1])
+    finally:
+        worker.stop()
+        receiver.close()
