@@ -48,6 +48,9 @@ log = logging.getLogger("payorch.notifications")
 USER_AGENT = "payorch-webhooks/1"
 # How long stop() waits for requests in flight before it leaves them to the restart.
 _STOP_WAIT_S = 5.0
+# How often the worker forgets what is past its retention (a few deletes, hourly).
+_RETENTION_INTERVAL_S = 3_600.0
+_TERMINAL_STATUSES = ("SETTLED", "REJECTED", "FAILED")
 
 Resolver = Callable[[str, int], list[str]]
 
@@ -150,10 +153,22 @@ class WebhookDeliveryWorker:
         self.client.close()
         self.outbox.close()
 
+    def forget_expired(self) -> tuple[int, int]:
+        cutoff = self.clock() - self.settings.retention_days * 86_400
+        forgotten = self.outbox.forget_before(cutoff, terminal_statuses=_TERMINAL_STATUSES)
+        if any(forgotten):
+            log.info("webhook outbox: forgot %d delivered webhooks and %d ended payments past %d days",
+                     *forgotten, self.settings.retention_days)
+        return forgotten
+
     def _run(self) -> None:
         interval_s = self.settings.poll_interval_ms / 1000
+        next_retention_at = 0.0
         while not self._stopping.is_set():
             try:
+                if time.monotonic() >= next_retention_at:
+                    next_retention_at = time.monotonic() + _RETENTION_INTERVAL_S
+                    self.forget_expired()
                 self.dispatch_due()
             except Exception:  # the worker must outlive a bad row or a busy store; the row stays pending
                 log.exception("webhook delivery round failed; trying again")

@@ -302,6 +302,11 @@ class NotificationSettings(BaseModel):
     # this many attempts or this long after it was queued, whichever comes first.
     max_attempts: int = Field(default=100, ge=1, le=1_000)
     max_age_s: float = Field(default=259_200.0, gt=0, le=2_592_000)
+    # Delivered webhooks (with their attempts) and the statuses of payments that ended are
+    # forgotten this long after; dead deliveries are kept until an operator redelivers
+    # them. Longer than any Kafka retention, so a redelivered event still finds its status
+    # and queues nothing.
+    retention_days: int = Field(default=35, ge=8, le=3_650)
     # A receiver's answer is kept in the attempt log up to this many bytes.
     response_excerpt_max_bytes: int = Field(default=512, ge=0, le=65_536)
 

@@ -168,6 +168,21 @@ class WebhookOutbox:
             self.db.execute("UPDATE deliveries SET state='dead', last_error=?, finished_at=? WHERE delivery_id=?"
                             " AND state='pending'", (error, now_s, delivery_id))
 
+    def forget_before(self, cutoff_s: float, *, terminal_statuses: tuple[str, ...]) -> tuple[int, int]:
+        """Forget deliveries delivered before `cutoff_s` with their attempts, and the
+        notified statuses of payments that ended before it; returns (deliveries, statuses).
+        Pending and dead deliveries are kept."""
+        marks = ",".join("?" * len(terminal_statuses))
+        with self._lock, transaction(self.db):
+            self.db.execute("DELETE FROM attempts WHERE delivery_id IN (SELECT delivery_id FROM deliveries"
+                            " WHERE state='delivered' AND finished_at < ?)", (cutoff_s,))
+            deliveries = self.db.execute("DELETE FROM deliveries WHERE state='delivered' AND finished_at < ?",
+                                         (cutoff_s,)).rowcount
+            # bandit B608: only '?' placeholders are formatted into this SQL.
+            statuses = self.db.execute(f"DELETE FROM payment_status WHERE updated_at < ?"  # nosec B608
+                                       f" AND status IN ({marks})", (cutoff_s, *terminal_statuses)).rowcount
+        return deliveries, statuses
+
     # -- the operator's side ---------------------------------------------------------------
 
     def deliveries(self, *, tenant_id: str | None = None, state: str | None = None, payment_id: str | None = None,

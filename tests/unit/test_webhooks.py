@@ -573,3 +573,29 @@ def test_the_webhooks_cli_lists_shows_and_redelivers(tmp_path, secret, monkeypat
     finally:
         worker.stop()
         receiver.close()
+
+
+def test_delivered_webhooks_and_ended_payments_are_forgotten_after_the_retention_dead_ones_kept(tmp_path, secret):
+    clock = Clock(1_800_000_000.0)
+    receiver = Receiver((parse_secret(secret),), script=[500], clock=clock)
+    tenants = _tenants_with([{**ENDPOINT, "url": receiver.url}], allow_private=True)
+    stage = NotificationsStage(tenants, "test", tmp_path)
+    first = follow(received("emea"), "PaymentSettled", "settlement", {"rail": "sepa_inst"}, 3)
+    second = follow(received("emea", 1), "PaymentSettled", "settlement", {"rail": "sepa_inst"}, 3)
+    stage.handle_batch([first, second], first.occurred_at)
+    stage.outbox.db.execute("UPDATE deliveries SET next_attempt_at=?, round_started_at=?", (clock.now, clock.now))
+    stage.outbox.db.execute("UPDATE payment_status SET updated_at=?", (clock.now,))
+    worker = _worker(tmp_path, tenants, secret, clock, max_attempts=1, retention_days=10)
+    try:
+        _round(worker)  # one answered 500 (dead at once), the other delivered
+        assert sorted(r["state"] for r in worker.outbox.deliveries()) == ["dead", "delivered"]
+        clock.now += 9 * 86_400
+        assert worker.forget_expired() == (0, 0)
+        clock.now += 2 * 86_400
+        assert worker.forget_expired() == (1, 2)
+        assert [r["state"] for r in worker.outbox.deliveries()] == ["dead"], "a dead one waits for its operator"
+        assert worker.outbox.attempts(worker.outbox.deliveries()[0]["delivery_id"]), "with its attempts"
+    finally:
+        stage.close()
+        worker.stop()
+        receiver.close()
