@@ -59,6 +59,14 @@ def build_stage(name: str, settings: Settings, tenants: dict[str, TenantConfig],
         from orchestrator.stages.tracking import TrackingStage
         # Tracking reads payment events and settlement's cycle events (two schema families).
         return TrackingStage(tenants, region, data_dir, codec=codec, cycle_codec=CycleEventCodec(settings.schemas_dir))
+    if name == "notifications":
+        from adapters.webhook_delivery import WebhookDeliveryWorker
+        from orchestrator.stages.notifications import NotificationsStage
+        from orchestrator.webhook_outbox import OUTBOX_FILE
+        # The stage queues deliveries in its outbox; the worker, a thread of this process,
+        # sends them (HTTP, signatures, retries).
+        worker = WebhookDeliveryWorker(data_dir / OUTBOX_FILE, tenants, settings.notifications)
+        return NotificationsStage(tenants, region, data_dir, worker=worker)
     raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGE_NAMES)}")
 
 

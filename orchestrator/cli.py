@@ -21,6 +21,8 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(ledger_app, name="ledger")
+webhooks_app = typer.Typer(help="Status webhooks: deliveries, attempts, redelivery, secrets", no_args_is_help=True)
+app.add_typer(webhooks_app, name="webhooks")
 
 
 def _check_cluster(settings) -> None:
@@ -275,6 +277,113 @@ def apikey_revoke(key_id: Annotated[str, typer.Argument(help="the key id, as `ap
     finally:
         store.close()
     typer.echo(f"revoked {credential.key_id} of tenant {credential.tenant_id}")
+
+
+def _outbox(*, read_only: bool = True):
+    """The notifications stage's outbox in the data dir (exit 1 when it has none yet)."""
+    from orchestrator.webhook_outbox import OUTBOX_FILE, WebhookOutbox
+
+    path = get_settings().data_dir / OUTBOX_FILE
+    if not path.exists():
+        typer.echo(f"no webhook outbox at {path}: the notifications stage has not run with this data dir",
+                   err=True)
+        raise typer.Exit(1)
+    return WebhookOutbox(path, read_only=read_only)
+
+
+def _when(epoch_s: float | None) -> str:
+    from datetime import UTC, datetime
+
+    return "-" if epoch_s is None else datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds")
+
+
+@webhooks_app.command("deliveries")
+def webhooks_deliveries(
+    tenant: Annotated[str | None, typer.Option(help="only this tenant")] = None,
+    state: Annotated[str | None, typer.Option(help="pending, delivered or dead")] = None,
+    payment_id: Annotated[str | None, typer.Option(help="only this payment's")] = None,
+    limit: Annotated[int, typer.Option(help="at most this many, newest first", min=1, max=10_000)] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+) -> None:
+    """The webhook delivery log: each delivery's state, attempts and last outcome."""
+    import orjson
+
+    from orchestrator.webhook_outbox import STATES
+
+    if state is not None and state not in STATES:
+        typer.echo(f"--state is one of {', '.join(STATES)}", err=True)
+        raise typer.Exit(2)
+    outbox = _outbox()
+    try:
+        rows = outbox.deliveries(tenant_id=tenant, state=state, payment_id=payment_id, limit=limit)
+    finally:
+        outbox.close()
+    for row in rows:
+        if as_json:
+            typer.echo(orjson.dumps({k: v for k, v in row.items() if k != "body"}).decode())
+            continue
+        last = row["last_status_code"] if row["last_status_code"] is not None else (row["last_error"] or "-")
+        typer.echo(f"{row['delivery_id']}  {row['tenant_id']:<6} {row['status']:<9} {row['state']:<9} "
+                   f"attempts {row['attempts']:<3} last {str(last)[:60]:<20} queued {_when(row['queued_at'])}  "
+                   f"payment {row['payment_id']}")
+    if not as_json:
+        typer.echo(f"{len(rows)} deliveries")
+
+
+@webhooks_app.command("attempts")
+def webhooks_attempts(delivery_id: Annotated[str, typer.Argument(help="the delivery id, as `deliveries` shows it")],
+                      ) -> None:
+    """Every attempt of one delivery: when, where, the answer's status or the error, the latency."""
+    outbox = _outbox()
+    try:
+        delivery = outbox.delivery(delivery_id.strip())
+        attempts = outbox.attempts(delivery_id.strip()) if delivery else []
+    finally:
+        outbox.close()
+    if delivery is None:
+        typer.echo(f"no delivery {delivery_id}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{delivery['delivery_id']}: {delivery['event_type']} of payment {delivery['payment_id']} to "
+               f"{delivery['endpoint']} ({delivery['url']}), {delivery['state']}, webhook-id {delivery['webhook_id']}")
+    for attempt in attempts:
+        outcome = (f"HTTP {attempt['status_code']}" if attempt["status_code"] is not None else "no answer")
+        error = f"  {attempt['error']}" if attempt["error"] else ""
+        typer.echo(f"  #{attempt['attempt']:<3} {_when(attempt['started_at'])}  {outcome:<10} "
+                   f"{attempt['latency_ms']:.1f} ms{error}")
+    if delivery["state"] == "pending":
+        typer.echo(f"next attempt at {_when(delivery['next_attempt_at'])}")
+    typer.echo(f"{len(attempts)} attempts")
+
+
+@webhooks_app.command("redeliver")
+def webhooks_redeliver(delivery_id: Annotated[str, typer.Argument(help="the delivery id, as `deliveries` shows it")],
+                       ) -> None:
+    """Send a delivery again (a dead one, or a delivered one a receiver lost), with the same
+    webhook id and body; the notifications stage picks it up within its poll interval."""
+    import time
+
+    outbox = _outbox(read_only=False)
+    try:
+        before = outbox.redeliver(delivery_id.strip(), time.time())
+    finally:
+        outbox.close()
+    if before is None:
+        typer.echo(f"no delivery {delivery_id}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"queued {delivery_id.strip()} again (it was {before})")
+
+
+@webhooks_app.command("new-secret")
+def webhooks_new_secret() -> None:
+    """Print a new signing secret (whsec_ and 32 random bytes in base64) as the last line.
+
+    Rotation: put the new secret first and the old one after it, space separated, in the
+    endpoint's variable or file; both sign until the receiver has the new one; then drop
+    the old one."""
+    from orchestrator.webhooks import new_secret
+
+    typer.echo("a new webhook signing secret; store it where the endpoint's secret_env or secret_file points:")
+    typer.echo(new_secret())
 
 
 @app.command()

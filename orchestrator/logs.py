@@ -31,6 +31,8 @@ _CONTEXT_KEYS = (
     "kind",
     # The intake: the key id of the credential that submitted a payment (never the key).
     "credential",
+    # Notifications: one webhook delivery (`payorch webhooks attempts DELIVERY_ID`).
+    "delivery_id",
 )
 
 

@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from orchestrator.topics import STAGE_NAMES, in_flow_order
+from orchestrator.topics import OPTIONAL_STAGES, STAGE_NAMES, in_flow_order
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -278,6 +278,45 @@ class StorageSettings(BaseModel):
     dynamodb: DynamoDBSettings = DynamoDBSettings()
 
 
+class NotificationSettings(BaseModel):
+    """How the notifications stage delivers webhooks (adapters/webhook_delivery.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # How often the delivery worker looks for due deliveries in the outbox when idle.
+    poll_interval_ms: int = Field(default=200, ge=10, le=60_000)
+    # Due deliveries claimed per look, and sent at once (each its own HTTP request).
+    batch_max_deliveries: int = Field(default=100, ge=1, le=10_000)
+    max_concurrent_requests: int = Field(default=16, ge=1, le=256)
+    # One attempt's bound: connect, send and read the answer. A receiver should answer at
+    # once and do its work afterwards; the spec's senders allow 15 s.
+    request_timeout_s: float = Field(default=15.0, gt=0, le=120)
+    # Retries: the wait after the n-th failed attempt is backoff_base_s * 2**(n-1), at most
+    # backoff_max_s, spread by +-backoff_jitter. With the defaults: 1 s, 2 s, 4 s ... 34 min
+    # (the first 12 attempts within the first hour), then hourly, until max_attempts or
+    # max_age_s; three days outlast a long weekend's outage of a bank's receiver.
+    backoff_base_s: float = Field(default=1.0, gt=0, le=3_600)
+    backoff_max_s: float = Field(default=3_600.0, gt=0, le=86_400)
+    backoff_jitter: float = Field(default=0.2, ge=0, lt=1)
+    # A delivery is dead (kept, shown, redeliverable by `payorch webhooks redeliver`) after
+    # this many attempts or this long after it was queued, whichever comes first.
+    max_attempts: int = Field(default=100, ge=1, le=1_000)
+    max_age_s: float = Field(default=259_200.0, gt=0, le=2_592_000)
+    # Delivered webhooks (with their attempts) and the statuses of payments that ended are
+    # forgotten this long after; dead deliveries are kept until an operator redelivers
+    # them. Longer than any Kafka retention, so a redelivered event still finds its status
+    # and queues nothing.
+    retention_days: int = Field(default=35, ge=8, le=3_650)
+    # A receiver's answer is kept in the attempt log up to this many bytes.
+    response_excerpt_max_bytes: int = Field(default=512, ge=0, le=65_536)
+
+    @model_validator(mode="after")
+    def _backoff_ordered(self) -> "NotificationSettings":
+        if self.backoff_max_s < self.backoff_base_s:
+            raise ValueError("notifications.backoff_max_s must not be below backoff_base_s")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PAYORCH_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -300,6 +339,7 @@ class Settings(BaseSettings):
     intake: IntakeSettings = IntakeSettings()
     clearing: ClearingSettings = ClearingSettings()
     storage: StorageSettings = StorageSettings()
+    notifications: NotificationSettings = NotificationSettings()
     # `payorch up`'s processes: each entry is the stages one process hosts, with one
     # consumer, one producer and one transaction per commit interval for all of them,
     # and outputs handed straight to the hosted stages that read them (see
@@ -309,7 +349,9 @@ class Settings(BaseSettings):
     # that, stages that follow each other share a process so their hops are handed over:
     # routing's decision reaches the ledger, and execution's result settlement, without
     # a commit and a fetch in between. A container runs one stage (`payorch run STAGE`)
-    # whatever this says.
+    # whatever this says. An optional stage (topics.py, OPTIONAL_STAGES: notifications) may
+    # be left out; `payorch up` then runs it in a process of its own when a tenant file
+    # configures it.
     stage_processes: tuple[tuple[str, ...], ...] = (
         ("initiation", "sanctions", "routing", "ledger"),
         ("fraud",),
@@ -321,7 +363,7 @@ class Settings(BaseSettings):
     @classmethod
     def _every_stage_once(cls, plan: tuple[tuple[str, ...], ...]) -> tuple[tuple[str, ...], ...]:
         named = [stage for process in plan for stage in process]
-        missing = [stage for stage in STAGE_NAMES if stage not in named]
+        missing = [stage for stage in STAGE_NAMES if stage not in named and stage not in OPTIONAL_STAGES]
         if missing:
             raise ValueError(f"stage_processes leaves out {', '.join(missing)}")
         if any(not process for process in plan):

@@ -27,7 +27,7 @@ from orchestrator.bootstrap import load_configured_tenants
 from orchestrator.intake.credentials import ensure_local_keys
 from orchestrator.kafka_clients import create_topics
 from orchestrator.settings import REPO_ROOT, Settings
-from orchestrator.topics import process_name
+from orchestrator.topics import OPTIONAL_STAGES, process_name
 
 log = logging.getLogger("payorch.supervisor")
 
@@ -66,6 +66,7 @@ class Supervisor:
         self.children: list[Child] = []
         self.local_kafka = None
         self.stopping = False
+        self.plan: tuple[tuple[str, ...], ...] = tuple(settings.stage_processes)
         self.log_dir = settings.data_dir.parent / "logs"
         # One pid file per child, so operators (and fault tests) can signal a stage.
         self.run_dir = settings.data_dir.parent / "run"
@@ -97,14 +98,23 @@ class Supervisor:
         host, port = self.settings.clearing.simulator_host, self.settings.clearing.simulator_port
         return {rail.name: f"http://{host}:{port}" for tenant in tenants.values() for rail in tenant.rails}
 
-    def plan_children(self, rail_urls: dict[str, str]) -> None:
+    def stage_plan(self, tenants) -> tuple[tuple[str, ...], ...]:
+        """The configured processes, plus one for each optional stage the plan leaves out
+        but a tenant file configures (notifications: a tenant with webhook endpoints)."""
+        plan = tuple(self.settings.stage_processes)
+        planned = {stage for process in plan for stage in process}
+        wanted = {"notifications": any(tenant.notifications.endpoints for tenant in tenants.values())}
+        return plan + tuple((stage,) for stage in OPTIONAL_STAGES if stage not in planned and wanted.get(stage))
+
+    def plan_children(self, rail_urls: dict[str, str], plan: tuple[tuple[str, ...], ...] | None = None) -> None:
         python = sys.executable
         cli = [python, "-m", "orchestrator.cli"]
         # One simulator process for all rails: it waits on asyncio timers, not threads, so
         # a slow rail does not hold up another, and one process idles for nine.
         port = str(self.settings.clearing.simulator_port)
         self.children = [Child("clearing-sim", [*cli, "clearing-sim", "--port", port], self.log_dir / "clearing-sim.log")]
-        for stages in self.settings.stage_processes:
+        self.plan = plan if plan is not None else tuple(self.settings.stage_processes)
+        for stages in self.plan:
             name = process_name(stages)
             self.children.append(Child(name, [*cli, "run", *stages], self.log_dir / f"{name}.log"))
         self.children.append(Child("intake", [*cli, "intake"], self.log_dir / "intake.log"))
@@ -137,7 +147,7 @@ class Supervisor:
             rail_urls = self.rail_urls(tenants)
             env = self._env(bootstrap)
             env["PAYORCH_CLEARING__RAIL_URLS"] = json.dumps(rail_urls)
-            self.plan_children(rail_urls)
+            self.plan_children(rail_urls, self.stage_plan(tenants))
             for child in self.children:
                 self._spawn(child, env)
             self.echo(f"started {len(self.children)} processes; logs in {self.log_dir}")
@@ -195,7 +205,7 @@ class Supervisor:
         self.stopping = True
         # Intake first (no new payments), then the stages drain and commit, then the broker.
         simulators = [c.name for c in self.children if c.name.startswith("clearing-sim")]
-        stage_processes = [process_name(stages) for stages in self.settings.stage_processes]
+        stage_processes = [process_name(stages) for stages in self.plan]
         for group in (["intake"], stage_processes, simulators):
             members = [c for c in self.children if c.name in group and c.process and c.process.poll() is None]
             for child in members:

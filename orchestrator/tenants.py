@@ -11,12 +11,14 @@ from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.domain import MoneyError, to_minor_units
 from orchestrator.topology import RegionConfig, name_in_other_region, regions_from_yaml, validate_regions
+from orchestrator.webhooks import literal_host_refused
 
 BankCodeScheme = Literal["aba", "sort_code", "bsb", "ispb", "clabe", "transit", "fast_bank_code"]
 # Optional payment fields a rail's market practice can make mandatory (dotted paths on the
@@ -191,6 +193,78 @@ class ReviewConfig(_Strict):
     time_limit_s: int = Field(default=86_400, gt=0, le=604_800)
 
 
+# The statuses a webhook can report: the terminal ones and HELD, the one that waits for a
+# person (tracking's statuses, orchestrator/stages/tracking.py).
+NotifiedStatus = Literal["HELD", "SETTLED", "REJECTED", "FAILED"]
+NOTIFIED_STATUSES: tuple[str, ...] = ("HELD", "SETTLED", "REJECTED", "FAILED")
+
+
+class WebhookEndpointConfig(_Strict):
+    """One receiver of the tenant's status webhooks (orchestrator/stages/notifications.py).
+
+    The signing secret is never in this file: `secret_env` names the environment variable
+    that holds it (ECS: injected from Secrets Manager; EKS: from a Kubernetes Secret), or
+    `secret_file` a file that does. Either holds one `whsec_...` secret, or several
+    separated by spaces while a rotation lasts (all of them sign)."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+    url: str = Field(min_length=8, max_length=2_048)
+    statuses: tuple[NotifiedStatus, ...] = NOTIFIED_STATUSES
+    secret_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]{0,127}$")
+    secret_file: Path | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https"):
+            raise ValueError("a webhook url is http:// or https://")
+        if not parts.hostname:
+            raise ValueError("a webhook url names a host")
+        if parts.username or parts.password:
+            raise ValueError("a webhook url carries no user or password (the signature authenticates)")
+        if parts.fragment:
+            raise ValueError("a webhook url has no #fragment")
+        return value
+
+    @field_validator("statuses")
+    @classmethod
+    def _some_statuses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("statuses lists each notified status at most once, and at least one")
+        return value
+
+    @model_validator(mode="after")
+    def _one_secret_source(self) -> "WebhookEndpointConfig":
+        if (self.secret_env is None) == (self.secret_file is None):
+            raise ValueError(f"webhook endpoint {self.name}: give exactly one of secret_env and secret_file")
+        return self
+
+
+class NotificationsConfig(_Strict):
+    """The tenant's status webhooks: where they go, and whether a receiver may sit on an
+    internal address."""
+
+    endpoints: tuple[WebhookEndpointConfig, ...] = Field(default=(), max_length=10)
+    # Off: an endpoint whose host resolves to a loopback, private, link-local or metadata
+    # address is refused (server-side request forgery into the operator's network). On
+    # only for a receiver on this machine or in the bank's own network (tests, `payorch up`).
+    allow_private_addresses: bool = False
+
+    @model_validator(mode="after")
+    def _names_unique(self) -> "NotificationsConfig":
+        names = [endpoint.name for endpoint in self.endpoints]
+        if len(set(names)) != len(names):
+            raise ValueError("notifications.endpoints: each endpoint has its own name")
+        if not self.allow_private_addresses:
+            for endpoint in self.endpoints:
+                why = literal_host_refused(urlsplit(endpoint.url).hostname or "")
+                if why is not None:
+                    raise ValueError(f"webhook endpoint {endpoint.name}: {why}; set notifications."
+                                     "allow_private_addresses only for a receiver in your own network")
+        return self
+
+
 class TenantConfig(_Strict):
     tenant_id: str = Field(pattern=r"^[a-z][a-z0-9]{1,15}$")
     display_name: str
@@ -209,6 +283,7 @@ class TenantConfig(_Strict):
     funding: FundingConfig
     routing: RoutingConfig = RoutingConfig()
     review: ReviewConfig = ReviewConfig()
+    notifications: NotificationsConfig = NotificationsConfig()
 
     @field_validator("regions", mode="before")
     @classmethod

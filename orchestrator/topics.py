@@ -8,7 +8,15 @@ from dataclasses import dataclass
 
 # Every stage, in the order a payment meets them. One set of stages always gives one
 # process name (hence one consumer group) because it is put in this order.
-STAGE_NAMES = ("initiation", "sanctions", "fraud", "routing", "execution", "ledger", "settlement", "tracking")
+STAGE_NAMES = ("initiation", "sanctions", "fraud", "routing", "execution", "ledger", "settlement", "tracking",
+               "notifications")
+# Stages a payment does not need to end: they only tell someone about it. A plan of stage
+# processes (Settings.stage_processes) may leave them out; `payorch up` runs one when a
+# tenant file configures it (notifications: `notifications.endpoints`). Deployments have
+# them like any other stage.
+OPTIONAL_STAGES = ("notifications",)
+# The stages every plan of processes runs.
+REQUIRED_STAGES = tuple(name for name in STAGE_NAMES if name not in OPTIONAL_STAGES)
 
 # The stage topics of the flow, in order. Each stage writes one of them for its payment
 # events; settlement also writes `cycles`, its cycle-level events (another schema family,

@@ -20,10 +20,9 @@ from pathlib import Path
 
 import httpx
 
-from orchestrator.bootstrap import STAGE_NAMES
 from orchestrator.intake.credentials import bearer, ensure_local_keys, read_local_keys
 from orchestrator.samples import TENANTS
-from orchestrator.topics import process_name
+from orchestrator.topics import REQUIRED_STAGES, process_name
 from orchestrator.settings import REPO_ROOT, Settings
 
 PROCESS_READY_TIMEOUT_S = 60.0
@@ -85,8 +84,9 @@ class System:
         })
         self.env.update(extra_env or {})
         self.processes: dict[str, subprocess.Popen] = {}
-        # The stage processes by name: one per stage unless a plan groups them.
-        plan = stage_processes or tuple((stage,) for stage in STAGE_NAMES)
+        # The stage processes by name: one per stage unless a plan groups them; an optional
+        # stage (notifications) only when a test's plan names it.
+        plan = stage_processes or tuple((stage,) for stage in REQUIRED_STAGES)
         self.stage_processes = {process_name(stages): stages for stages in plan}
         self.api_keys: dict[str, str] = {}  # tenant id -> key, made by start_all
         self.base_url = f"http://127.0.0.1:{self.intake_port}"

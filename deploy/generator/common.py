@@ -51,6 +51,7 @@ STAGE_CLASSES = {
     "ledger": ("orchestrator.stages.ledger", "LedgerStage"),
     "settlement": ("orchestrator.stages.settlement", "SettlementStage"),
     "tracking": ("orchestrator.stages.tracking", "TrackingStage"),
+    "notifications": ("orchestrator.stages.notifications", "NotificationsStage"),
 }
 
 # Stages whose state is NOT in a local SQLite file, so several replicas on several hosts
@@ -67,6 +68,14 @@ SCALABLE = {"sanctions", "ledger"}
 COLOCATED_WITH_INTAKE = {"tracking"}
 # Stages that call the clearing systems (execution's pacs.008, settlement's cycle report).
 CALLS_CLEARING = {"execution", "settlement"}
+# Stages that send the tenant's webhooks (HTTPS to the banks' receivers), signed with the
+# secret injected as WEBHOOK_SECRET_ENV: from Secrets Manager (ECS task `Secrets`, the
+# secret WEBHOOK_SECRET_NAME, which the operator creates) or a Kubernetes Secret (EKS:
+# `payorch-webhooks`, key `signing-secret`), never a plain environment value. A tenant
+# file's endpoint names this variable (`secret_env: PAYORCH_WEBHOOK_SECRET`).
+SENDS_WEBHOOKS = {"notifications"}
+WEBHOOK_SECRET_ENV = "PAYORCH_WEBHOOK_SECRET"
+WEBHOOK_SECRET_NAME = "payorch/${Tenant}/webhook-signing-secret"
 # The ledger's DynamoDB tables (orchestrator/ledger_store_dynamodb.py) and the intake's
 # idempotency tables (orchestrator/intake/idempotency_dynamodb.py).
 LEDGER_TABLES = ("ledger-accounts", "ledger-transfers", "ledger-entries")

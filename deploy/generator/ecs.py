@@ -16,6 +16,9 @@ from generator.common import (
     DATA_DIR,
     INTAKE_PORT,
     SCALABLE,
+    SENDS_WEBHOOKS,
+    WEBHOOK_SECRET_ENV,
+    WEBHOOK_SECRET_NAME,
     Stage,
     common_environment,
     dynamodb_environment,
@@ -50,6 +53,12 @@ def ref(name: str) -> dict:
 
 def ssm_arn(name: str) -> dict:
     return sub(f"arn:${{AWS::Partition}}:ssm:${{AWS::Region}}:${{AWS::AccountId}}:parameter{name}")
+
+
+def secret_arn(name: str) -> dict:
+    # ECS takes a Secrets Manager secret of the task's region by its name's ARN (no random
+    # suffix); IAM sees the full ARN, whose suffix is six characters.
+    return sub(f"arn:${{AWS::Partition}}:secretsmanager:${{AWS::Region}}:${{AWS::AccountId}}:secret:{name}")
 
 
 def logical(stage: str) -> str:
@@ -262,6 +271,11 @@ def _shared(resources: dict, outputs: dict) -> None:
                                  "/payorch/${Tenant}/*:*")},
                 {"Sid": "Parameters", "Effect": "Allow", "Action": "ssm:GetParameters",
                  "Resource": [ssm_arn(SSM_BOOTSTRAP), ssm_arn(SSM_RAIL_URLS)]},
+                # The webhook signing secret, injected into the notifications task only
+                # (created by the operator with the account's default Secrets Manager key).
+                {"Sid": "WebhookSecret", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+                 "Resource": sub(f"arn:${{AWS::Partition}}:secretsmanager:${{AWS::Region}}:${{AWS::AccountId}}:"
+                                 f"secret:{WEBHOOK_SECRET_NAME}-??????")},
             ])}],
         },
     }
@@ -456,6 +470,8 @@ def _stage(resources: dict, outputs: dict, stage: Stage) -> None:
     extra_env = dynamodb_environment(ref("Tenant"), ref("AWS::Region")) if stage.name == "ledger" else []
     secrets = ([{"Name": "PAYORCH_CLEARING__RAIL_URLS", "ValueFrom": ssm_arn(SSM_RAIL_URLS)}]
                if stage.name in CALLS_CLEARING else [])
+    if stage.name in SENDS_WEBHOOKS:
+        secrets.append({"Name": WEBHOOK_SECRET_ENV, "ValueFrom": secret_arn(WEBHOOK_SECRET_NAME)})
     if stage.scalable:
         entry, command = ["sh", "-c"], [INSTANCE_FROM_METADATA.format(stage=stage.name)]
     else:

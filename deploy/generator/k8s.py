@@ -22,6 +22,8 @@ from generator.common import (
     DATA_DIR,
     INTAKE_PORT,
     SCALABLE,
+    SENDS_WEBHOOKS,
+    WEBHOOK_SECRET_ENV,
     Stage,
     dynamodb_statements,
     intake_health_command,
@@ -167,6 +169,12 @@ def base_env(process: str) -> list[dict]:
         # the External Secrets Operator, or kubectl create secret), never in git.
         env.append({"name": "PAYORCH_CLEARING__RAIL_URLS",
                     "valueFrom": {"secretKeyRef": {"name": "payorch-clearing", "key": "rail-urls"}}})
+    if process in SENDS_WEBHOOKS:
+        # The webhook signing secret (whsec_..., two during a rotation): a Secret the
+        # operator creates, like the rails' endpoints. Optional, so a tenant without
+        # webhooks needs none; a configured endpoint without it logs each failed attempt.
+        env.append({"name": WEBHOOK_SECRET_ENV, "valueFrom": {"secretKeyRef": {
+            "name": "payorch-webhooks", "key": "signing-secret", "optional": True}}})
     return env
 
 
@@ -370,7 +378,8 @@ def k8s_base(stages: list[Stage]) -> dict[str, list[dict]]:
             docs.append(pvc(stage.name))
         docs.append(deployment(stage.name, [stage_container(stage)], scalable=stage.scalable,
                                persistent=not stage.scalable,
-                               https_egress=stage.name in CALLS_CLEARING or stage.name == "ledger"))
+                               https_egress=stage.name in CALLS_CLEARING or stage.name == "ledger"
+                               or stage.name in SENDS_WEBHOOKS))
         docs.append(pdb(stage.name))
         files[f"stage-{stage.name}.yaml"] = docs
     files["intake.yaml"] = intake_documents([s for s in stages if s.name in COLOCATED_WITH_INTAKE])

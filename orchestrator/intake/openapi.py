@@ -71,6 +71,53 @@ _REVIEW_SUBMITTED_SCHEMA = {
         "links": {"type": "object", "properties": {"self": {"type": "string"}, "reviews": {"type": "string"}}},
     },
 }
+_REASON_SCHEMA = {"type": ["object", "null"], "required": ["code"],
+                  "properties": {"code": {"type": "string", "description": "The reason code (README, reason codes)"},
+                                 "iso_code": {"type": ["string", "null"],
+                                              "description": "The ISO 20022 status reason code"},
+                                 "detail": {"type": ["string", "null"]}}}
+# The body of a status webhook (orchestrator/stages/notifications.py, `webhook_payload`).
+_STATUS_WEBHOOK_SCHEMA = {
+    "type": "object",
+    "description": "One status of one payment, sent once per status to each of the tenant's endpoints that "
+                   "lists it; signed per Standard Webhooks (webhook-id is the event id: deduplicate on it).",
+    "required": ["type", "timestamp", "data"],
+    "properties": {
+        "type": {"type": "string", "enum": ["payment.held", "payment.settled", "payment.rejected", "payment.failed"]},
+        "timestamp": {"type": "string", "format": "date-time", "description": "When the status was reached"},
+        "data": {
+            "type": "object",
+            "required": ["event_id", "event_type", "payment_id", "tenant_id", "status", "correlation_id",
+                         "end_to_end_id", "amount", "currency", "occurred_at", "reason", "links"],
+            "properties": {
+                "event_id": {"type": "string", "format": "uuid", "description": "Also the webhook-id header"},
+                "event_type": {"type": "string", "enum": ["PaymentHeld", "PaymentSettled", "PaymentRejected",
+                                                          "PaymentFailed"]},
+                "payment_id": {"type": "string", "format": "uuid"},
+                "tenant_id": {"type": "string"},
+                "status": {"type": "string", "enum": ["HELD", "SETTLED", "REJECTED", "FAILED"]},
+                "correlation_id": {"type": "string"},
+                "end_to_end_id": {"type": "string"},
+                "amount": {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$",
+                           "description": "Exact decimal in the currency's minor-unit precision"},
+                "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
+                "occurred_at": {"type": "string", "format": "date-time"},
+                "reason": _REASON_SCHEMA,
+                "rail": {"type": ["string", "null"]},
+                "links": {"type": "object", "properties": {"self": {"type": "string"}}},
+            },
+        },
+    },
+}
+_WEBHOOK_HEADERS = [
+    {"name": "webhook-id", "in": "header", "required": True, "schema": {"type": "string"},
+     "description": "The event id: the same on every attempt and redelivery; a receiver keeps one copy per id."},
+    {"name": "webhook-timestamp", "in": "header", "required": True, "schema": {"type": "string", "pattern": "^[0-9]+$"},
+     "description": "Unix seconds of this attempt; refuse one more than five minutes from your clock."},
+    {"name": "webhook-signature", "in": "header", "required": True, "schema": {"type": "string"},
+     "description": "Space-separated `v1,<base64 HMAC-SHA256>` of `{webhook-id}.{webhook-timestamp}.{body}` "
+                    "with the key of the endpoint's `whsec_` secret; two during a secret rotation."},
+]
 _HEADERS = {
     "idempotency": {"name": "Idempotency-Key", "in": "header", "required": False,
                     "description": "Makes a retry safe: the same key with the same content answers the first answer "
@@ -184,6 +231,22 @@ def describe(app: FastAPI) -> dict[str, Any]:
                                    "content": {"application/json": {
                                        "schema": {"$ref": "#/components/schemas/ReviewSubmitted"}}}},
                            **_problems(_REVIEW_STATUSES)}
+    schemas["PaymentStatusWebhook"] = _STATUS_WEBHOOK_SCHEMA
+    document["webhooks"] = {"paymentStatus": {"post": {
+        "summary": "A payment reached HELD, SETTLED, REJECTED or FAILED",
+        "description": "Sent by the notifications stage to each endpoint in the tenant file's "
+                       "`notifications.endpoints` that lists the status. Retried with exponential backoff and jitter "
+                       "until a 2xx answer (redirects are not followed), for up to three days by default; then dead, "
+                       "and redeliverable with `payorch webhooks redeliver`. Delivery is at least once: deduplicate "
+                       "on webhook-id. Order between statuses of one payment is not guaranteed; use `timestamp`.",
+        "operationId": "paymentStatusWebhook",
+        "security": [],
+        "parameters": _WEBHOOK_HEADERS,
+        "requestBody": {"required": True, "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/PaymentStatusWebhook"}}}},
+        "responses": {"2XX": {"description": "Received (any 2xx ends the retries)"},
+                      "default": {"description": "Not received: the delivery is retried after its backoff"}},
+    }}}
     return document
 
 

@@ -90,8 +90,9 @@ def test_network_policies_deny_by_default_and_open_only_what_is_needed(rendered)
         labelled = {d["metadata"]["name"] for d in documents(text) if d["kind"] == "Deployment"
                     and d["spec"]["template"]["metadata"]["labels"].get("payorch.io/egress-https") == "true"}
         assert https == {"payorch.io/egress-https": "true"}
-        # Only the processes that call DynamoDB or a clearing system leave the VPC on 443.
-        assert labelled == {"intake", "ledger", "execution", "settlement"}, labelled
+        # Only the processes that call DynamoDB or a clearing system, or send the tenant's
+        # webhooks, leave the VPC on 443.
+        assert labelled == {"intake", "ledger", "execution", "settlement", "notifications"}, labelled
 
 
 def test_pods_are_hardened_and_sized(rendered):

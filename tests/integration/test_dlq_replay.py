@@ -18,7 +18,6 @@ import httpx
 import pytest
 from confluent_kafka import Producer
 
-from orchestrator.bootstrap import STAGE_NAMES
 from orchestrator.events import EventCodec, received_event
 from orchestrator.intake.models import CreditTransferIn
 from orchestrator.wire import event_headers
@@ -96,7 +95,7 @@ def test_dead_letters_replayed_after_the_fix_settle_and_a_second_replay_changes_
 
         # The fix: roll out the release that knows v4, to every stage.
         system.env["PAYORCH_SCHEMAS_DIR"] = str(tmp_path / "schemas-v4")
-        for stage in STAGE_NAMES:
+        for stage in system.stage_processes:
             system.kill(stage)
             system.start(stage)
 

@@ -716,3 +716,23 @@ def test_an_iso_answer_stored_under_the_raw_document_digest_is_still_recognised(
     assert again.status_code == 202 and again.json() == first.json()
     assert again.headers["idempotent-replayed"] == "true"
     assert len(world.producer.produced) == 1
+
+
+def test_the_openapi_document_describes_the_status_webhook(world):
+    """OpenAPI 3.1 `webhooks`: the status webhook's headers and body, which a real payload meets."""
+    import jsonschema
+
+    from orchestrator.stages.notifications import webhook_payload
+    from tests.unit.stage_fixtures import follow, received
+
+    spec = world.client.get("/openapi.json").json()
+    assert spec["openapi"].startswith("3.1")
+    hook = spec["webhooks"]["paymentStatus"]["post"]
+    assert [p["name"] for p in hook["parameters"]] == ["webhook-id", "webhook-timestamp", "webhook-signature"]
+    schema = {**spec["components"]["schemas"]["PaymentStatusWebhook"], "components": spec["components"]}
+    failed = follow(received("emea"), "PaymentFailed", "execution", {
+        "reason_code": "creditor_account_unknown", "iso_reason_code": "AC03", "reason_detail": "unknown account",
+        "rail": "sepa_inst"})
+    jsonschema.validate(json.loads(json.dumps(webhook_payload(failed, "FAILED"))), schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"type": "payment.routed", "timestamp": "x", "data": {}}, schema)

@@ -10,6 +10,7 @@ import pydantic
 import pytest
 
 from orchestrator.bootstrap import STAGE_NAMES, in_flow_order
+from orchestrator.topics import REQUIRED_STAGES
 from orchestrator.settings import KafkaSettings, Settings
 from orchestrator.stages.base import Stage
 from orchestrator.topics import process_name
@@ -131,7 +132,7 @@ def kafka() -> KafkaSettings:
 
 def test_up_plans_every_stage_exactly_once_and_keeps_parallel_stages_apart():
     plan = Settings(kafka=kafka()).stage_processes
-    assert sorted(stage for process in plan for stage in process) == sorted(STAGE_NAMES)
+    assert sorted(stage for process in plan for stage in process) == sorted(REQUIRED_STAGES)
     home = {stage: index for index, process in enumerate(plan) for stage in process}
     assert home["sanctions"] != home["fraud"], "the screenings run concurrently, in their own groups"
     assert home["execution"] != home["ledger"], "the reservation runs concurrently with execution"
