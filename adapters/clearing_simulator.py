@@ -20,8 +20,8 @@ POST /rails/{rail}/pacs008          body application/xml, one pacs.008.001.08
             AC04/AC06/AG01/RR04 drawn at random with probability reject_rate,
             DUPL the same UETR twice in one message.
     Faults (tenant file `simulator:` or the behaviour endpoint): loss_rate, the share of
-    messages the rail never receives (the connection is held for the latency, then 504,
-    nothing recorded); response_delay_ms, the rail settles and records, then answers
+    messages the rail never receives (the connection is held past the rail's clearing
+    timeout, or loss_hold_ms, then 504; nothing recorded); response_delay_ms, the rail settles and records, then answers
     that much later (the sender times out on a payment that did settle).
     A transaction whose UETR was already answered is answered again from memory
     (never settled twice); a message all of whose transactions were answered by one
@@ -118,6 +118,8 @@ class RailBehaviour:
     latency_ms_min: int = 0
     loss_rate: float = 0.0
     response_delay_ms: int = 0
+    # How long a lost message's connection is held; None: the rail's clearing timeout + 1 s.
+    loss_hold_ms: int | None = None
 
 
 @dataclass(slots=True)
@@ -162,6 +164,7 @@ class BehaviourOverride(BaseModel):
     unknown_creditor_accounts: list[str] | None = None
     loss_rate: float | None = Field(default=None, ge=0.0, le=1.0)
     response_delay_ms: int | None = Field(default=None, ge=0, le=120_000)
+    loss_hold_ms: int | None = Field(default=None, ge=0, le=120_000)
 
 
 class ReportDiscrepancy(BaseModel):
@@ -388,8 +391,11 @@ class ClearingSimulator:
 
         behaviour = state.behaviour
         if behaviour.loss_rate > 0 and self._rng.random() < behaviour.loss_rate:
-            # SIMULATED FAULT: the message never reaches the rail; nothing is recorded.
-            await asyncio.sleep(self.latency_s(behaviour))
+            # SIMULATED FAULT: the message never reaches the rail; nothing is recorded, and
+            # the sender hears nothing before its timeout.
+            hold_ms = (behaviour.loss_hold_ms if behaviour.loss_hold_ms is not None
+                       else state.config.clearing.timeout_ms + 1_000)
+            await asyncio.sleep(hold_ms / 1000)
             log.warning("CLEARING SIMULATOR lost message %s on %s (fault injected)", parsed.message_id, rail_name)
             return _problem(504, "message-lost", "Message lost", "simulated: the rail never received this message")
         document = await self._settle(rail_name, state, parsed)
