@@ -337,3 +337,16 @@ def test_a_rail_that_never_confirms_is_dead_lettered_after_the_bounded_rounds(tm
     rail.script = ["?ACSC"]
     (executed,) = decided(execution, [reserved], now + timedelta(seconds=60))
     assert executed.event_type == "PaymentExecuted"
+
+
+def test_a_store_from_before_status_inquiries_gets_their_columns(tmp_path):
+    import sqlite3
+
+    from orchestrator.stages.execution import ExecutionStore
+    with sqlite3.connect(tmp_path / "execution.sqlite") as db:
+        db.executescript("CREATE TABLE executions (payment_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL,"
+                         " routed_event BLOB, reserved INTEGER NOT NULL DEFAULT 0,"
+                         " attempts INTEGER NOT NULL DEFAULT 0, outcome_event BLOB);"
+                         "INSERT INTO executions (payment_id, tenant_id) VALUES ('p', 'emea');")
+    row = ExecutionStore(tmp_path / "execution.sqlite").row("p")
+    assert (row["sent"], row["next_step"], row["inquiry_rounds"]) == (0, "send", 0)
