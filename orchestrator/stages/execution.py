@@ -51,11 +51,11 @@ from adapters.clearing_client import ClearingError, ClearingTimeout, ClearingUna
 from adapters.iso20022 import IsoDocumentError
 from adapters.iso20022.pacs002 import ISO_REASON_DESCRIPTIONS, TransactionStatus, parse_pacs002
 from adapters.iso20022.pacs008 import build_pacs008
+from adapters.iso20022.pacs028 import StatusRequest, build_pacs028
 from orchestrator.circuit_breaker import CircuitBreaker
 from orchestrator.effects import Pending
 from orchestrator.events import Event, EventCodec
 from orchestrator.reasons import ReasonCode
-from adapters.iso20022.pacs028 import StatusRequest, build_pacs028
 from orchestrator.retries import DeadLetter, RetryLater, backoff_s
 from orchestrator.status_inquiry import SETTLED_STATUSES, Action, AnswerKind, decide, read_answer
 from orchestrator.settings import RetrySettings
@@ -118,7 +118,7 @@ class ExecutionStore:
               payment_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, routed_event BLOB,
               reserved INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0, outcome_event BLOB,
               sent INTEGER NOT NULL DEFAULT 0, next_step TEXT NOT NULL DEFAULT 'send',
-              inquiry_rounds INTEGER NOT NULL DEFAULT 0);
+              inquiry_rounds INTEGER NOT NULL DEFAULT 0, calling INTEGER NOT NULL DEFAULT 0);
             CREATE TABLE IF NOT EXISTS breakers (
               tenant_id TEXT NOT NULL, rail TEXT NOT NULL, state TEXT NOT NULL, since_s REAL NOT NULL,
               retry_at_s REAL, calls INTEGER NOT NULL, failure_rate REAL NOT NULL, slow_rate REAL NOT NULL,
@@ -129,7 +129,8 @@ class ExecutionStore:
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(executions)")}
         for name, definition in (("sent", "INTEGER NOT NULL DEFAULT 0"),
                                  ("next_step", "TEXT NOT NULL DEFAULT 'send'"),
-                                 ("inquiry_rounds", "INTEGER NOT NULL DEFAULT 0")):
+                                 ("inquiry_rounds", "INTEGER NOT NULL DEFAULT 0"),
+                                 ("calling", "INTEGER NOT NULL DEFAULT 0")):
             if name not in columns:
                 self.db.execute(f"ALTER TABLE executions ADD COLUMN {name} {definition}")
 
@@ -149,9 +150,18 @@ class ExecutionStore:
         self.db.execute("UPDATE executions SET attempts=attempts+1 WHERE payment_id=?", (payment_id,))
         return self.row(payment_id)["attempts"]
 
+    def note_calling(self, payment_id: str) -> None:
+        """A pacs.008 is about to leave; committed before the call, so that a process that
+        dies (or a batch given up) before the answer leaves a trace of it."""
+        self.db.execute("UPDATE executions SET calling=1 WHERE payment_id=?", (payment_id,))
+
+    def note_not_delivered(self, payment_id: str) -> None:
+        self.db.execute("UPDATE executions SET calling=0 WHERE payment_id=?", (payment_id,))
+
     def note_uncertain(self, payment_id: str) -> None:
         """A pacs.008 may have reached the rail: ask before sending or failing it."""
-        self.db.execute("UPDATE executions SET sent=1, next_step=? WHERE payment_id=?", (_INQUIRE, payment_id))
+        self.db.execute("UPDATE executions SET sent=1, calling=0, next_step=? WHERE payment_id=?",
+                        (_INQUIRE, payment_id))
 
     def note_next_step(self, payment_id: str, step: str, inquiry_rounds: int) -> None:
         self.db.execute("UPDATE executions SET next_step=?, inquiry_rounds=? WHERE payment_id=?",
@@ -250,6 +260,11 @@ class ExecutionStage(Stage):
                 raise LookupError(f"tenant {tenant.tenant_id} has no rail {routed.payload['rail']!r}")
             deadline = routed.occurred_at + timedelta(seconds=rail.time_limit_s)
             row = self.store.row(routed.payment_id)
+            if row["calling"]:
+                # A call left and its answer was never read (the process died, or the
+                # runtime gave the batch up): the rail may have it.
+                self.store.note_uncertain(routed.payment_id)
+                row = self.store.row(routed.payment_id)
             if row["next_step"] == _INQUIRE or (now >= deadline and row["sent"]):
                 # The rail may have it: ask (never fail it unasked, never send it blindly).
                 attempt = row["attempts"]
@@ -274,6 +289,7 @@ class ExecutionStage(Stage):
             document = build_pacs008([routed.payment], rail, message_id=message_id, created_at=routed.occurred_at)
             timeout_s = max(_MIN_CALL_TIMEOUT_S, min(rail.clearing.timeout_ms / 1000,
                                                      (deadline - now).total_seconds()))
+            self.store.note_calling(routed.payment_id)
             calls.append(("submit", routed, trigger, rail, message_id, document, timeout_s))
         if not calls:
             self._save_breakers(touched, now_s)
@@ -317,6 +333,8 @@ class ExecutionStage(Stage):
                 if outcome_unknown:
                     self.store.note_uncertain(routed.payment_id)
                     detail += "; the rail will be asked what became of it (status inquiry)"
+                else:
+                    self.store.note_not_delivered(routed.payment_id)
                 log.warning("clearing call failed, the payment waits: %s", detail, extra=routed.log_context())
                 deadline = routed.occurred_at + timedelta(seconds=rail.time_limit_s)
                 outputs += self._defer(routed, trigger, rail, code, detail, breaker.state, None, deadline, now)
@@ -370,7 +388,8 @@ class ExecutionStage(Stage):
                            decision.retry_at, max(last_at, decision.retry_at), now, clamp=False)
 
     def _abandoned(self, calls: list, now_s: float) -> None:
-        """The runtime gave the batch up before its answers: its events come again."""
+        """The runtime gave the batch up before its answers: its events come again (and
+        the `calling` mark left in the store makes them ask the rail first)."""
         for kind, routed, _, rail, *_ in calls:
             self._calling.discard(routed.payment_id)
             if kind == "submit":

@@ -233,17 +233,39 @@ def test_the_stage_does_not_wait_for_the_clearing_system_and_sends_a_payment_onc
     assert len(rail.out) == 1
 
 
-def test_an_abandoned_call_is_started_again_by_the_events_coming_again(tmp_path):
+def test_an_abandoned_call_is_taken_up_again_by_asking_the_rail(tmp_path):
     rail = HeldRail()
     execution = stage(tmp_path, rail)
     routed, reserved = routed_and_reserved()
     (pending,) = execution.handle_batch([routed, reserved], at(0.3))
     pending.abandon()
+    # The pacs.008 may have reached the rail: the events coming again ask (pacs.028) first.
     (again,) = execution.handle_batch([routed, reserved], at(0.4))
     assert isinstance(again, Pending) and len(rail.out) == 2
+    assert [requests[0][0].rsplit("/", 1)[1] for _, requests in rail.out] == ["pacs008", "pacs028"]
+    rail.script = ["ACSC", "?ACSC"]  # the abandoned call's answer comes too, and is not read
     rail.answer_all()
     (executed,) = again.finish(again.future.result())
     assert executed.event_type == "PaymentExecuted"
+
+
+def test_a_process_that_died_during_a_call_asks_the_rail_after_its_restart(tmp_path):
+    routed, reserved = routed_and_reserved()
+    dying = stage(tmp_path, ScriptedRail())
+    (pending,) = dying.handle_batch([routed, reserved], at(0.3))  # the call is out; the process dies
+    rail = ScriptedRail("?NOOR", "ACSC")
+    restarted = stage(tmp_path, rail)
+    deferred, retry = decided(restarted, [routed, reserved], at(1))
+    assert deferred.payload["reason_code"] == "status_inquiry_pending"  # not received: send again
+    (executed,) = decided(restarted, [reserved], retry.not_before)
+    assert executed.event_type == "PaymentExecuted"
+    assert [url.rsplit("/", 1)[1] for url, _ in rail.calls] == ["pacs028", "pacs008"]
+    # Past the time limit, a payment that was sent is asked about, never failed unasked.
+    routed2, reserved2 = routed_and_reserved(1)
+    (pending,) = stage(tmp_path, ScriptedRail()).handle_batch([routed2, reserved2], at(0.3))
+    rail = ScriptedRail("?ACSC")
+    (executed,) = decided(stage(tmp_path, rail), [routed2, reserved2], at(RAIL.time_limit_s + 5))
+    assert executed.event_type == "PaymentExecuted" and rail.calls[0][0].endswith("/pacs028")
 
 
 def test_an_abandoned_half_open_probe_gives_its_permit_back(tmp_path):
