@@ -22,7 +22,8 @@ POST /rails/{rail}/pacs008          body application/xml, one pacs.008.001.08
     Faults (tenant file `simulator:` or the behaviour endpoint): loss_rate, the share of
     messages the rail never receives (the connection is held past the rail's clearing
     timeout, or loss_hold_ms, then 504; nothing recorded); response_delay_ms, the rail settles and records, then answers
-    that much later (the sender times out on a payment that did settle).
+    that much later (the sender times out on a payment that did settle); inquiry_outage,
+    503 to every status inquiry.
     A transaction whose UETR was already answered is answered again from memory
     (never settled twice); a message all of whose transactions were answered by one
     earlier report gets that report's exact bytes back. A malformed message gets 400
@@ -120,6 +121,7 @@ class RailBehaviour:
     response_delay_ms: int = 0
     # How long a lost message's connection is held; None: the rail's clearing timeout + 1 s.
     loss_hold_ms: int | None = None
+    inquiry_outage: bool = False
 
 
 @dataclass(slots=True)
@@ -165,6 +167,7 @@ class BehaviourOverride(BaseModel):
     loss_rate: float | None = Field(default=None, ge=0.0, le=1.0)
     response_delay_ms: int | None = Field(default=None, ge=0, le=120_000)
     loss_hold_ms: int | None = Field(default=None, ge=0, le=120_000)
+    inquiry_outage: bool | None = None
 
 
 class ReportDiscrepancy(BaseModel):
@@ -235,6 +238,7 @@ class ClearingSimulator:
                         latency_ms_min=sim.latency_ms_min,
                         loss_rate=sim.loss_rate,
                         response_delay_ms=sim.response_delay_ms,
+                        inquiry_outage=sim.inquiry_outage,
                     ),
                 )
                 for currency in rail.currencies:
@@ -776,6 +780,9 @@ def create_simulator_app(
                 f"{rail} is in a simulated outage for another {remaining_s:.1f} s",
                 headers={"Retry-After": str(max(1, math.ceil(remaining_s)))},
             )
+        if simulator.rails[rail].behaviour.inquiry_outage:
+            return _problem(503, "inquiry-outage", "Status inquiries unavailable",
+                            f"{rail} answers no status inquiry (simulated fault)")
         body = await request.body()
         if len(body) > simulator.max_document_bytes:
             return _problem(413, "document-too-large", "Document too large",
@@ -811,6 +818,7 @@ def create_simulator_app(
                 "unknown_creditor_accounts": sorted(updated.unknown_creditor_accounts),
                 "loss_rate": updated.loss_rate,
                 "response_delay_ms": updated.response_delay_ms,
+                "inquiry_outage": updated.inquiry_outage,
             }
         )
 

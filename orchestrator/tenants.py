@@ -68,6 +68,8 @@ class SimulatorConfig(_Strict):
     # settling a payment and answering (the rail settles, the answer comes too late).
     loss_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     response_delay_ms: int = Field(default=0, ge=0, le=120_000)
+    # The rail answers no status inquiry (503) while this is on.
+    inquiry_outage: bool = False
 
 
 class SettlementConfig(_Strict):

@@ -9,6 +9,8 @@ Two rails misbehave at once while load runs over every rail (CLEARING SIMULATOR 
   the time limit plus the inquiry margin has passed the payment ends FAILED
   `rail_time_limit_exceeded`, its reservation released.
 Nothing may be lost, recorded twice or dead-lettered, and `payorch ledger verify` passes.
+A second test has the rail answer no inquiry at all: the payment is dead-lettered for a
+person after the bounded rounds, and a replay, once the rail answers, settles it.
 
 The wait for the load's end is the product's own bound, computed from the same tenant
 files the system runs with: each rail's time limit, plus the inquiry margin and every
@@ -19,13 +21,15 @@ sees the inquiry, not a breaker holding payments back until their time limit.
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
-import yaml
 
 from orchestrator.settings import RetrySettings
 from orchestrator.tenants import RailConfig, load_tenants
-from tests.integration.fault_support import check_after_fault, tenants_dir
+from orchestrator.samples import sample_body
+from tests.integration.fault_support import check_after_fault, dead_lettered_payments, tenants_dir
 from tests.integration.test_faults import finish_load, start_load
 from tests.harness import System
 
@@ -124,5 +128,53 @@ def test_a_timeout_the_rail_settled_ends_settled_and_one_it_never_received_ends_
         assert sent_late and sent_lost, "no payment reached the faulty rails before its time limit"
         assert counts["settled"] + counts["failed"] + counts["rejected"] == offered
         assert counts["failed"] >= len(lost)
+    finally:
+        system.stop()
+
+
+GIVE_UP_FAULT = {"emea.sepa_inst": {
+    "time_limit_s": 5, "clearing": {"timeout_ms": 1000}, "breaker": NO_BREAKER,
+    "status_inquiry": {"not_found_margin_s": 1, "rounds_max": 2, "backoff_s": [1], "early_retry_s": 1},
+    "simulator": {"response_delay_ms": 2500, "inquiry_outage": True}}}
+
+
+def test_a_payment_whose_outcome_the_rail_never_confirms_is_dead_lettered_then_replayed_to_settled(
+        kafka_bootstrap, tmp_path):
+    """The rail settles the payment, its answer times out, and it answers no status
+    inquiry (503): after the bounded rounds the payment is dead-lettered for a person,
+    its funds still reserved, never FAILED. Once the rail answers inquiries again, a
+    replay of the dead letter asks, and the payment ends SETTLED."""
+    tenants = tenants_dir(tmp_path, rail_overrides=GIVE_UP_FAULT)
+    rail = load_tenants(tenants)["emea"].rails_by_name["sepa_inst"]
+    system = System(kafka_bootstrap, tmp_path, extra_env={"PAYORCH_TENANTS_DIR": str(tenants)})
+    system.start_all()
+    try:
+        wait_s = longest_wait_after_routing_s(rail, system.settings().runtime.retry) + FLOW_ALLOWANCE_S
+        answer = system.post("emea", sample_body("emea", 0))
+        assert answer.status_code == 202, answer.text
+        payment_id = answer.json()["payment_id"]
+
+        deadline = time.monotonic() + wait_s
+        while payment_id not in dead_lettered_payments(system):
+            assert time.monotonic() < deadline, f"not dead-lettered within {wait_s:.0f} s: {system.get('emea', payment_id).json()}"
+            time.sleep(1)
+        assert dead_lettered_payments(system)[payment_id] == {"execution"}
+        listing = system.cli("dlq", "list")
+        assert "PaymentStatusUnknown" in listing.stdout, listing.stdout
+        record = system.get("emea", payment_id).json()
+        assert record["status"] == "ROUTED", record  # not terminal: a person decides
+        waits = [w["reason_code"] for w in timeline_of(record, "PaymentDeferred")]
+        assert waits[0] == "clearing_timeout" and waits[-1] == "clearing_status_unknown", waits
+        assert not timeline_of(record, "PaymentFailed") and not timeline_of(record, "FundsReleased")
+
+        ended = httpx.post(f"{system.sim_url}/admin/rails/sepa_inst/behaviour", json={"inquiry_outage": False},
+                           timeout=30)
+        assert ended.status_code == 200, ended.text
+        replay = system.cli("dlq", "replay", "--payment-id", payment_id)
+        assert replay.returncode == 0, replay.stdout + replay.stderr
+        done = system.wait_terminal({payment_id: "emea"}, timeout_s=wait_s)
+        assert done.get(payment_id, {}).get("status") == "SETTLED", system.get("emea", payment_id).json()
+        verify = system.cli("ledger", "verify")
+        assert verify.returncode == 0 and "all invariants hold" in verify.stdout, verify.stdout + verify.stderr
     finally:
         system.stop()

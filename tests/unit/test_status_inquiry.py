@@ -193,6 +193,11 @@ def test_the_simulator_refuses_a_bad_inquiry_and_is_unavailable_in_an_outage(cli
     bad = client.post("/rails/sepa_inst/pacs028", content=b"<Document/>", headers=XML)
     assert bad.status_code == 400 and bad.headers["content-type"] == "application/problem+json"
     assert client.post("/rails/nowhere/pacs028", content=inquiry(UETR), headers=XML).status_code == 404
+    client.post("/admin/rails/sepa_inst/behaviour", json={"inquiry_outage": True})
+    assert client.post("/rails/sepa_inst/pacs028", content=inquiry(UETR), headers=XML).status_code == 503
+    assert submit(client, "sepa_inst", pacs008("sepa_inst")).status_code == 200  # payments still go through
+    client.post("/admin/rails/sepa_inst/behaviour", json={"inquiry_outage": False})
+    assert client.post("/rails/sepa_inst/pacs028", content=inquiry(UETR), headers=XML).status_code == 200
     client.post("/admin/rails/sepa_inst/outage", json={"seconds": 30})
     assert client.post("/rails/sepa_inst/pacs028", content=inquiry(UETR), headers=XML).status_code == 503
 
