@@ -85,8 +85,9 @@ class ClearingBatchClient:
         except TimeoutError:
             return ClearingTimeout(f"no answer from the clearing endpoint in {timeout_s} s")
         except (aiohttp.ClientError, OSError) as exc:
-            # Reset or closed connections: the request may not have been processed.
-            return ClearingUnavailable(f"clearing endpoint unavailable: {type(exc).__name__}: {exc}")
+            # Reset or closed connections: the request may or may not have been processed.
+            return ClearingUnavailable(f"clearing endpoint unavailable: {type(exc).__name__}: {exc}",
+                                       outcome_unknown=True)
 
     def close(self) -> None:
         if self._loop.is_closed():

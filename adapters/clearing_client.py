@@ -42,16 +42,26 @@ _MAX_QUOTED_BODY_CHARS = 200
 
 class ClearingError(Exception):
     transient = False
+    # True when the request may have reached the clearing system and been acted on
+    # (execution then asks what became of it with a status inquiry, pacs.028).
+    outcome_unknown = True
 
-    def __init__(self, detail: str, *, status_code: int | None = None, retry_after_s: float | None = None) -> None:
+    def __init__(self, detail: str, *, status_code: int | None = None, retry_after_s: float | None = None,
+                 outcome_unknown: bool | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
         self.status_code = status_code
         self.retry_after_s = retry_after_s
+        if outcome_unknown is not None:
+            self.outcome_unknown = outcome_unknown
 
 
 class ClearingUnavailable(ClearingError):
+    """Not delivered (refused, 5xx, 429), unless made with outcome_unknown=True (a
+    connection reset after the request was sent)."""
+
     transient = True
+    outcome_unknown = False
 
 
 class ClearingTimeout(ClearingError):
@@ -116,7 +126,8 @@ class ClearingClient:
             ) from exc
         except httpx.TransportError as exc:
             # Connection refused or reset, remote closed the connection, DNS failure ...
-            raise ClearingUnavailable(f"clearing endpoint unavailable: {type(exc).__name__}: {exc}") from exc
+            raise ClearingUnavailable(f"clearing endpoint unavailable: {type(exc).__name__}: {exc}",
+                                      outcome_unknown=not isinstance(exc, httpx.ConnectError)) from exc
 
         status = response.status_code
         if status == 200:

@@ -19,12 +19,22 @@ POST /rails/{rail}/pacs008          body application/xml, one pacs.008.001.08
             AC03 creditor account in simulator.unknown_creditor_accounts,
             AC04/AC06/AG01/RR04 drawn at random with probability reject_rate,
             DUPL the same UETR twice in one message.
+    Faults (tenant file `simulator:` or the behaviour endpoint): loss_rate, the share of
+    messages the rail never receives (the connection is held past the rail's clearing
+    timeout, or loss_hold_ms, then 504; nothing recorded); response_delay_ms, the rail settles and records, then answers
+    that much later (the sender times out on a payment that did settle); inquiry_outage,
+    503 to every status inquiry.
     A transaction whose UETR was already answered is answered again from memory
     (never settled twice); a message all of whose transactions were answered by one
     earlier report gets that report's exact bytes back. A malformed message gets 400
     with a pacs.002 RJCT (FF01; AM18/AM16 for count/sum mismatches; FF01 for a message
     addressed to another clearing system) when its MsgId can be read, else 400
     application/problem+json. During an outage: 503 with Retry-After.
+POST /rails/{rail}/pacs028          body application/xml, one pacs.028.001.05 status request:
+    a pacs.002 from what the rail recorded, per transaction: its recorded status (ACSC,
+    or RJCT with its reason), PDNG while it is being processed, RJCT NOOR when the rail
+    never received it. One settled transaction is answered with CreDtTm = its settlement
+    time (the reduced pacs.002 XSD has no AccptncDtTm). During an outage: 503.
 POST /admin/rails/{rail}/outage     {"seconds": N}: answer 503 for N seconds (0 ends it)
 POST /admin/rails/{rail}/behaviour  {"latency_ms_min", "latency_ms_p50", "latency_ms_max", "reject_rate",
                                      "unknown_creditor_accounts"}: override at runtime
@@ -77,6 +87,8 @@ from adapters.iso20022.errors import IsoDocumentError
 from adapters.iso20022.pacs002 import TransactionStatus, build_pacs002
 from adapters.iso20022.pacs008 import MESSAGE_VERSION as PACS008_VERSION
 from adapters.iso20022.pacs008 import Pacs008Transaction, ParsedPacs008, parse_pacs008_root
+from adapters.iso20022.pacs028 import MESSAGE_VERSION as PACS028_VERSION
+from adapters.iso20022.pacs028 import parse_pacs028_root
 from adapters.iso20022.secure_xml import DEFAULT_MAX_DOCUMENT_BYTES, parse_untrusted
 
 __all__ = ["ClearingSimulator", "create_simulator_app", "run_simulator"]
@@ -105,6 +117,11 @@ class RailBehaviour:
     reject_rate: float
     unknown_creditor_accounts: frozenset[str]
     latency_ms_min: int = 0
+    loss_rate: float = 0.0
+    response_delay_ms: int = 0
+    # How long a lost message's connection is held; None: the rail's clearing timeout + 1 s.
+    loss_hold_ms: int | None = None
+    inquiry_outage: bool = False
 
 
 @dataclass(slots=True)
@@ -147,6 +164,10 @@ class BehaviourOverride(BaseModel):
     latency_ms_max: int | None = Field(default=None, ge=0, le=120_000)
     reject_rate: float | None = Field(default=None, ge=0.0, le=1.0)
     unknown_creditor_accounts: list[str] | None = None
+    loss_rate: float | None = Field(default=None, ge=0.0, le=1.0)
+    response_delay_ms: int | None = Field(default=None, ge=0, le=120_000)
+    loss_hold_ms: int | None = Field(default=None, ge=0, le=120_000)
+    inquiry_outage: bool | None = None
 
 
 class ReportDiscrepancy(BaseModel):
@@ -215,6 +236,9 @@ class ClearingSimulator:
                         reject_rate=sim.reject_rate,
                         unknown_creditor_accounts=frozenset(sim.unknown_creditor_accounts),
                         latency_ms_min=sim.latency_ms_min,
+                        loss_rate=sim.loss_rate,
+                        response_delay_ms=sim.response_delay_ms,
+                        inquiry_outage=sim.inquiry_outage,
                     ),
                 )
                 for currency in rail.currencies:
@@ -369,7 +393,44 @@ class ClearingSimulator:
             )
             return self._message_rejection(root, error, "FF01")
 
+        behaviour = state.behaviour
+        if behaviour.loss_rate > 0 and self._rng.random() < behaviour.loss_rate:
+            # SIMULATED FAULT: the message never reaches the rail; nothing is recorded, and
+            # the sender hears nothing before its timeout.
+            hold_ms = (behaviour.loss_hold_ms if behaviour.loss_hold_ms is not None
+                       else state.config.clearing.timeout_ms + 1_000)
+            await asyncio.sleep(hold_ms / 1000)
+            log.warning("CLEARING SIMULATOR lost message %s on %s (fault injected)", parsed.message_id, rail_name)
+            return _problem(504, "message-lost", "Message lost", "simulated: the rail never received this message")
         document = await self._settle(rail_name, state, parsed)
+        if behaviour.response_delay_ms > 0:
+            # SIMULATED FAULT: settled and recorded, but the answer comes late.
+            await asyncio.sleep(behaviour.response_delay_ms / 1000)
+        return Response(document, media_type=_XML_MEDIA_TYPE)
+
+    async def inquire(self, rail_name: str, body: bytes) -> Response:
+        """Answer a pacs.028 status request from what the rail recorded (module docstring)."""
+        try:
+            parsed = parse_pacs028_root(self._parse(body))
+        except IsoDocumentError as exc:
+            status = 413 if exc.problem_type == "document-too-large" else 400
+            return _problem(status, exc.problem_type, exc.title, exc.detail, path=exc.path)
+        statuses = []
+        settled_at: list[datetime] = []
+        for request in parsed.requests:
+            record = self._records.get(request.uetr)
+            if record is not None and record.rail == rail_name:
+                statuses.append(record.status)
+                if record.settled_at is not None:
+                    settled_at.append(record.settled_at)
+            elif request.uetr in self._inflight:
+                statuses.append(TransactionStatus(request.end_to_end_id, request.uetr, "PDNG"))
+            else:
+                statuses.append(TransactionStatus(request.end_to_end_id, request.uetr, "RJCT", "NOOR",
+                                                  "the rail never received this transaction"))
+        single_settled = len(statuses) == 1 and len(settled_at) == 1
+        document = build_pacs002(parsed.message_id, PACS028_VERSION, statuses, message_id=self._new_message_id(),
+                                 created_at=settled_at[0] if single_settled else datetime.now(UTC))
         return Response(document, media_type=_XML_MEDIA_TYPE)
 
     def _parse(self, body: bytes) -> etree._Element:
@@ -707,6 +768,27 @@ def create_simulator_app(
     app.state.simulator = simulator
     app.post("/rails/{rail}/pacs008")(submit_pacs008)
 
+    @app.post("/rails/{rail}/pacs028")
+    async def inquire_pacs028(rail: str, request: Request) -> Response:
+        """A status inquiry (pacs.028), answered with a pacs.002 from what the rail recorded."""
+        if rail not in simulator.rails:
+            return unknown_rail(rail)
+        remaining_s = simulator.outage_remaining_s(rail)
+        if remaining_s > 0:
+            return _problem(
+                503, "rail-outage", "Clearing system unavailable",
+                f"{rail} is in a simulated outage for another {remaining_s:.1f} s",
+                headers={"Retry-After": str(max(1, math.ceil(remaining_s)))},
+            )
+        if simulator.rails[rail].behaviour.inquiry_outage:
+            return _problem(503, "inquiry-outage", "Status inquiries unavailable",
+                            f"{rail} answers no status inquiry (simulated fault)")
+        body = await request.body()
+        if len(body) > simulator.max_document_bytes:
+            return _problem(413, "document-too-large", "Document too large",
+                            f"at most {simulator.max_document_bytes} bytes are accepted")
+        return await simulator.inquire(rail, body)
+
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "service": "clearing-simulator", "rails": sorted(simulator.rails)}
@@ -734,6 +816,9 @@ def create_simulator_app(
                 "latency_ms_max": updated.latency_ms_max,
                 "reject_rate": updated.reject_rate,
                 "unknown_creditor_accounts": sorted(updated.unknown_creditor_accounts),
+                "loss_rate": updated.loss_rate,
+                "response_delay_ms": updated.response_delay_ms,
+                "inquiry_outage": updated.inquiry_outage,
             }
         )
 

@@ -56,6 +56,9 @@ class ReasonCode(StrEnum):
     clearing_unavailable = auto()
     rail_circuit_open = auto()
     rail_time_limit_exceeded = auto()
+    # Status inquiry (pacs.028) after a timeout or an unreadable answer.
+    status_inquiry_pending = auto()
+    clearing_status_unknown = auto()
 
     @property
     def iso_code(self) -> str:
@@ -101,6 +104,8 @@ _ISO_CODE_AND_DESCRIPTION: dict[ReasonCode, tuple[str, str]] = {
     ReasonCode.clearing_unavailable: ("AB07", "The clearing system is not reachable."),
     ReasonCode.rail_circuit_open: ("AB07", "The payment waits: calls to the clearing system are paused after failures."),
     ReasonCode.rail_time_limit_exceeded: ("AB05", "The clearing system did not settle the payment within the rail's time limit."),
+    ReasonCode.status_inquiry_pending: ("NARR", "The payment waits while the clearing system is asked what became of it."),
+    ReasonCode.clearing_status_unknown: ("NARR", "The clearing system did not confirm the payment's outcome; an operator resolves it."),
 }
 
 # Fail at import rather than at the first rejection that lacks a description.

@@ -52,6 +52,17 @@ class RetryLater:
     not_before: datetime | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A stage's answer for an event it gives up on, with a reason a person can read:
+    the runtime dead-letters the event (`payorch dlq` lists and replays it) while the
+    rest of the batch goes on. Execution gives up so on a payment whose outcome the
+    rail never confirmed (orchestrator/status_inquiry.py)."""
+
+    event: Event
+    error: Exception
+
+
 def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, TransientError | TimeoutError | ConnectionError):
         return True

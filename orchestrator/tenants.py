@@ -43,6 +43,16 @@ class ClearingConfig(_Strict):
     clearing_system_code: str = Field(min_length=2, max_length=5)
     service_level: str = "INST"
     local_instrument: str | None = None
+    # Where status inquiries (pacs.028) go; by default the submission path with
+    # pacs028 in place of pacs008 (/rails/sepa_inst/pacs028 on the simulator).
+    inquiry_path: str | None = None
+
+    @property
+    def status_inquiry_path(self) -> str:
+        if self.inquiry_path:
+            return self.inquiry_path
+        head, _, tail = self.endpoint_path.rpartition("pacs008")
+        return f"{head}pacs028{tail}" if head or tail else self.endpoint_path.rstrip("/") + "/pacs028"
 
 
 class SimulatorConfig(_Strict):
@@ -55,6 +65,13 @@ class SimulatorConfig(_Strict):
     # Creditor account numbers (or IBANs) the simulated receiving banks do not know:
     # the simulator rejects them with AC03, which makes FAILED paths reproducible.
     unknown_creditor_accounts: tuple[str, ...] = ()
+    # Faults for status inquiry tests: the share of pacs.008 messages the rail never
+    # receives (lost on the way: no record, no answer in time), and a delay between
+    # settling a payment and answering (the rail settles, the answer comes too late).
+    loss_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    response_delay_ms: int = Field(default=0, ge=0, le=120_000)
+    # The rail answers no status inquiry (503) while this is on.
+    inquiry_outage: bool = False
 
 
 class SettlementConfig(_Strict):
@@ -91,6 +108,37 @@ class BreakerConfig(_Strict):
     half_open_probes: int = Field(default=3, ge=1, le=1_000)
 
 
+class StatusInquiryConfig(_Strict):
+    """Asking the rail (pacs.028 -> pacs.002) what became of a payment whose clearing
+    call timed out or was answered unreadably (see orchestrator/status_inquiry.py)."""
+
+    # "Not received" ends a payment FAILED only once the rail's time limit plus this
+    # margin has passed: a pacs.008 still on its way cannot settle after that.
+    not_found_margin_s: float = Field(default=2.0, ge=0, le=3_600)
+    # After the time limit (plus margin), this many unanswered inquiries (the rail
+    # unreachable, unreadable or still pending), at these delays, before the payment is
+    # dead-lettered for a person; the last delay repeats if there are more rounds.
+    rounds_max: int = Field(default=5, ge=1, le=100)
+    backoff_s: tuple[float, ...] = Field(default=(1.0, 2.0, 4.0, 8.0, 16.0), min_length=1)
+    # Before the time limit, a pending or unanswered inquiry is asked again this soon.
+    early_retry_s: float = Field(default=1.0, gt=0, le=3_600)
+
+    @field_validator("backoff_s")
+    @classmethod
+    def _positive(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(delay <= 0 for delay in value):
+            raise ValueError("status inquiry delays must be positive")
+        return value
+
+    def delay_s(self, round_number: int) -> float:
+        """The wait after unanswered round `round_number` (1-based)."""
+        return self.backoff_s[min(round_number, len(self.backoff_s)) - 1]
+
+    def longest_wait_after_limit_s(self) -> float:
+        """From the time limit to the last possible inquiry: margin plus every delay."""
+        return self.not_found_margin_s + sum(self.delay_s(n) for n in range(1, self.rounds_max))
+
+
 class RailConfig(_Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{1,31}$")
     display_name: str
@@ -111,6 +159,7 @@ class RailConfig(_Strict):
     # faults, slow answers) before it ends FAILED and its reservation is released.
     time_limit_s: float = Field(default=30.0, gt=0, le=86_400)
     breaker: BreakerConfig = BreakerConfig()
+    status_inquiry: StatusInquiryConfig = StatusInquiryConfig()
 
     @model_validator(mode="after")
     def _scheme_matches_identification(self) -> "RailConfig":

