@@ -151,8 +151,12 @@ class ExecutionStore:
         return self.row(payment_id)["attempts"]
 
     def note_calling(self, payment_id: str) -> None:
-        """A pacs.008 is about to leave; committed before the call, so that a process that
-        dies (or a batch given up) before the answer leaves a trace of it."""
+        """A pacs.008 is about to leave. The mark is committed with the checkpoint that
+        starts the call (the runtime commits a batch's state while its effect is in flight),
+        so a process that dies before the answer, once that commit is done, leaves a trace
+        of it and the payment is asked about; one that dies earlier loses the mark with the
+        batch's offsets, and the redelivered event sends the pacs.008 again, which the rail
+        deduplicates on the UETR."""
         self.db.execute("UPDATE executions SET calling=1 WHERE payment_id=?", (payment_id,))
 
     def note_not_delivered(self, payment_id: str) -> None:
