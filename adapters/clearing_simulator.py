@@ -729,7 +729,8 @@ def create_simulator_app(
     def unknown_rail(rail: str) -> JSONResponse:
         return _problem(404, "unknown-rail", "Unknown rail", f"no rail named {rail!r} is simulated here")
 
-    async def submit_pacs008(rail: str, request: Request) -> Response:
+    def unavailable(rail: str) -> JSONResponse | None:
+        """The answer of a rail that is not there or is in a simulated outage, else None."""
         if rail not in simulator.rails:
             return unknown_rail(rail)
         remaining_s = simulator.outage_remaining_s(rail)
@@ -739,6 +740,12 @@ def create_simulator_app(
                 f"{rail} is in a simulated outage for another {remaining_s:.1f} s",
                 headers={"Retry-After": str(max(1, math.ceil(remaining_s)))},
             )
+        return None
+
+    async def submit_pacs008(rail: str, request: Request) -> Response:
+        refused = unavailable(rail)
+        if refused is not None:
+            return refused
         content_type = request.headers.get("content-type", "")
         if content_type and "xml" not in content_type.lower():
             return _problem(415, "unsupported-media-type", "Unsupported media type", "send application/xml")
@@ -771,15 +778,9 @@ def create_simulator_app(
     @app.post("/rails/{rail}/pacs028")
     async def inquire_pacs028(rail: str, request: Request) -> Response:
         """A status inquiry (pacs.028), answered with a pacs.002 from what the rail recorded."""
-        if rail not in simulator.rails:
-            return unknown_rail(rail)
-        remaining_s = simulator.outage_remaining_s(rail)
-        if remaining_s > 0:
-            return _problem(
-                503, "rail-outage", "Clearing system unavailable",
-                f"{rail} is in a simulated outage for another {remaining_s:.1f} s",
-                headers={"Retry-After": str(max(1, math.ceil(remaining_s)))},
-            )
+        refused = unavailable(rail)
+        if refused is not None:
+            return refused
         if simulator.rails[rail].behaviour.inquiry_outage:
             return _problem(503, "inquiry-outage", "Status inquiries unavailable",
                             f"{rail} answers no status inquiry (simulated fault)")

@@ -121,6 +121,7 @@ class System:
         # One key per tenant, every scope, as `payorch up` makes them.
         ensure_local_keys(self.data_dir, list(TENANTS))
         self.api_keys = read_local_keys(self.data_dir)
+        self.prepare_data_dir()
         self.start("clearing-sim")
         for name in self.stage_processes:
             self.start(name)
@@ -128,6 +129,9 @@ class System:
         self.wait_http(f"{self.sim_url}/healthz")
         self.wait_http(f"{self.base_url}/readyz")
         self.wait_stages_consuming()
+
+    def prepare_data_dir(self) -> None:
+        """Made ready for the processes before they start (the processes here are ours)."""
 
     def wait_stages_consuming(self, timeout_s: float = PROCESS_READY_TIMEOUT_S) -> None:
         """Wait until every stage has its producer and consumer (its "consuming" log line):

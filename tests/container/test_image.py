@@ -28,9 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.intake.credentials import ensure_local_keys, read_local_keys
 from orchestrator.loadgen import offer_load
-from orchestrator.samples import TENANTS, sample_body
+from orchestrator.samples import sample_body
 from orchestrator.settings import REPO_ROOT
 from tests.harness import FAULT_REPORT_LINES, PROCESS_READY_TIMEOUT_S, System
 
@@ -108,21 +107,10 @@ class ContainerSystem(System):
                                                 stderr=subprocess.STDOUT, start_new_session=True)
         log_file.close()
 
-    def start_all(self) -> None:
-        result = self.cli("topics", "create")
-        assert result.returncode == 0, result.stderr
-        ensure_local_keys(self.data_dir, list(TENANTS))
-        self.api_keys = read_local_keys(self.data_dir)
+    def prepare_data_dir(self) -> None:
         # The containers run as uid 10001: the bind-mounted data directory is theirs.
         for path in [self.data_dir, *self.data_dir.rglob("*")]:
             os.chown(path, CONTAINER_UID, CONTAINER_UID)
-        self.start("clearing-sim")
-        for name in self.stage_processes:
-            self.start(name)
-        self.start("intake")
-        self.wait_http(f"{self.sim_url}/healthz")
-        self.wait_http(f"{self.base_url}/readyz")
-        self.wait_stages_consuming()
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """The signal to the container's PID 1 (payorch), as the kernel's OOM killer or a
