@@ -189,9 +189,9 @@ def ledger_verify() -> None:
 
 
 def _credential_store():
-    from orchestrator.intake.credentials import CREDENTIALS_FILE, CredentialStore
+    from orchestrator.intake.credentials import open_credential_store
 
-    return CredentialStore(get_settings().data_dir / CREDENTIALS_FILE)
+    return open_credential_store(get_settings(), background=False)
 
 
 @apikey_app.command("create")

@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 
 from orchestrator.bootstrap import load_configured_tenants
-from orchestrator.intake.credentials import ensure_local_keys
+from orchestrator.intake.credentials import ensure_local_keys, open_credential_store
 from orchestrator.kafka_clients import create_topics
 from orchestrator.settings import REPO_ROOT, Settings
 from orchestrator.topics import OPTIONAL_STAGES, process_name
@@ -141,7 +141,8 @@ class Supervisor:
             created, existing = create_topics(settings, tenants)
             self.echo(f"topics: {len(created)} created, {len(existing)} already there, for tenants "
                       f"{', '.join(sorted(tenants))}")
-            keys_file, new_keys = ensure_local_keys(settings.data_dir, sorted(tenants))
+            keys_file, new_keys = ensure_local_keys(settings.data_dir, sorted(tenants),
+                                                    open_credential_store(settings, background=False))
             self.echo(f"API keys: one per tenant in {keys_file}"
                       + (f" (new for {', '.join(new_keys)})" if new_keys else " (kept from the last run)"))
             rail_urls = self.rail_urls(tenants)

@@ -77,9 +77,10 @@ SENDS_WEBHOOKS = {"notifications"}
 WEBHOOK_SECRET_ENV = "PAYORCH_WEBHOOK_SECRET"
 WEBHOOK_SECRET_NAME = "payorch/${Tenant}/webhook-signing-secret"
 # The ledger's DynamoDB tables (orchestrator/ledger_store_dynamodb.py) and the intake's
-# idempotency tables (orchestrator/intake/idempotency_dynamodb.py).
+# idempotency and credential tables (orchestrator/intake/idempotency_dynamodb.py,
+# credentials_dynamodb.py).
 LEDGER_TABLES = ("ledger-accounts", "ledger-transfers", "ledger-entries")
-INTAKE_TABLES = ("intake-idempotency-keys", "intake-accepted-payments")
+INTAKE_TABLES = ("intake-idempotency-keys", "intake-accepted-payments", "intake-api-keys")
 
 DATA_DIR = "/var/lib/payorch"
 CONTAINER_USER = "10001"  # deploy/container/Dockerfile: useradd --uid 10001 payorch
@@ -225,7 +226,9 @@ def dynamodb_statements(process: str) -> list[dict]:
     account, and TransactWriteItems, which IAM authorises per item as PutItem, UpdateItem
     and ConditionCheckItem. The intake only reads the tenant's totals
     (GET /v1/ledger/summary: DescribeTable and Scan), and claims and answers Idempotency-Keys
-    in its own tables (DescribeTable at start, GetItem, conditional PutItem and UpdateItem)."""
+    in its own tables (DescribeTable at start, GetItem, conditional PutItem and UpdateItem),
+    reads the API keys (a Scan every two seconds) and, through `payorch apikey` run in its
+    task or pod, creates and revokes them (PutItem, UpdateItem)."""
     tables = [table_arn(t) for t in LEDGER_TABLES]
     if process == "ledger":
         actions = ["dynamodb:DescribeTable", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
@@ -234,7 +237,8 @@ def dynamodb_statements(process: str) -> list[dict]:
         return [{"Sid": "LedgerTables", "Effect": "Allow", "Action": ["dynamodb:DescribeTable", "dynamodb:Scan"],
                  "Resource": tables},
                 {"Sid": "IntakeTables", "Effect": "Allow",
-                 "Action": ["dynamodb:DescribeTable", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"],
+                 "Action": ["dynamodb:DescribeTable", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
+                            "dynamodb:Scan"],
                  "Resource": [table_arn(t) for t in INTAKE_TABLES]}]
     else:
         return []

@@ -40,13 +40,13 @@ from orchestrator.flow_health import FlowHealth
 from orchestrator.intake.admission import AdmissionGate
 from orchestrator.intake.asgi import IntakeApp
 from orchestrator.intake.credentials import (
-    CREDENTIALS_FILE,
     SCOPE_OPERATE,
     SCOPE_READ,
     SCOPE_REVIEW,
     SCOPE_SUBMIT,
     Credential,
-    CredentialStore,
+    CredentialStoreUnavailable,
+    open_credential_store,
 )
 from orchestrator.intake.idempotency import AcceptedAnswer, IdempotencyStoreUnavailable, open_idempotency_store
 from orchestrator.intake.jwt_bearer import JwtRejected, JwtVerifier, looks_like_jwt
@@ -184,7 +184,7 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
         codec = EventCodec(settings.schemas_dir, keep_payments=False)
         state["publisher"] = publisher or EventPublisher(producer, codec, namer)
         state["idempotency"] = open_idempotency_store(settings)
-        state["credentials"] = CredentialStore(settings.data_dir / CREDENTIALS_FILE)
+        state["credentials"] = open_credential_store(settings)
         state["jwt"] = JwtVerifier(settings.intake.jwt, tenants) if settings.intake.jwt is not None else None
         state["tracking"] = None
         state["admission"] = AdmissionGate(settings.intake, flow_health)
@@ -270,7 +270,13 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
                 raise Problem("unauthenticated", f"the bearer token is not valid: {rejected}",
                               headers={"WWW-Authenticate": _BEARER_CHALLENGE + ', error="invalid_token"'}) from None
         else:
-            credential = state["credentials"].verify(key)
+            try:
+                credential = state["credentials"].verify(key)
+            except CredentialStoreUnavailable as exc:
+                log.error("credential store unavailable: %s", exc)
+                raise Problem("store-unavailable", "the intake cannot read its credential store; send again "
+                              f"after {_STORE_RETRY_AFTER_S} s", headers={"Retry-After": str(_STORE_RETRY_AFTER_S)}
+                              ) from None
             if credential is None:
                 raise Problem("unauthenticated", "the API key is not valid (unknown, mistyped or revoked)",
                               headers={"WWW-Authenticate": _BEARER_CHALLENGE + ', error="invalid_token"'})

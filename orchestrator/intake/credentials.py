@@ -56,6 +56,10 @@ class CredentialError(ValueError):
     """A request to create or revoke a credential that cannot be honoured."""
 
 
+class CredentialStoreUnavailable(Exception):
+    """The store could not be read for long enough that its answer is no longer trusted."""
+
+
 @dataclass(frozen=True, slots=True)
 class Credential:
     key_id: str
@@ -81,6 +85,37 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def secret_matches(secret: str, secret_sha256: str) -> bool:
+    return hmac.compare_digest(secret_sha256, _digest(secret))
+
+
+def parse_key(key: str) -> tuple[str, str] | None:
+    """(key id, secret) of a key that reads `po_<key id>_<secret>`, else None."""
+    prefix, _, rest = key.partition("_")
+    key_id, _, secret = rest.partition("_")
+    if prefix != _PREFIX or not key_id or not secret:
+        return None
+    return key_id, secret
+
+
+def mint(tenant_id: str, scopes: tuple[str, ...], label: str, client_id: str | None) -> tuple[str, Credential, str]:
+    """A new key, its credential and the digest of its secret (what a store keeps), for
+    every store: the rules of scopes and client ids are checked here."""
+    if client_id is not None and not _CLIENT_ID.fullmatch(client_id):
+        raise CredentialError("a client id is 1 to 128 letters, digits and . _ : @ -, starting with a letter "
+                              "or digit")
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown:
+        raise CredentialError(f"unknown scope {unknown[0]!r}; scopes are {', '.join(SCOPES)}")
+    if not scopes:
+        raise CredentialError("a credential needs at least one scope")
+    key_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    created_at = datetime.now(UTC).isoformat(timespec="seconds")
+    credential = Credential(key_id, tenant_id, frozenset(scopes), label, created_at, None, client=client_id or key_id)
+    return f"{_PREFIX}_{key_id}_{secret}", credential, _digest(secret)
+
+
 class CredentialStore:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -95,23 +130,11 @@ class CredentialStore:
                client_id: str | None = None) -> tuple[str, Credential]:
         """A new credential and its key; the key is shown once and never stored. Without
         `client_id` the key starts a client of its own, named by its key id."""
-        if client_id is not None and not _CLIENT_ID.fullmatch(client_id):
-            raise CredentialError("a client id is 1 to 128 letters, digits and . _ : @ -, starting with a letter "
-                                  "or digit")
-        unknown = sorted(set(scopes) - set(SCOPES))
-        if unknown:
-            raise CredentialError(f"unknown scope {unknown[0]!r}; scopes are {', '.join(SCOPES)}")
-        if not scopes:
-            raise CredentialError("a credential needs at least one scope")
-        key_id = secrets.token_hex(6)
-        secret = secrets.token_urlsafe(32)
-        created_at = datetime.now(UTC).isoformat(timespec="seconds")
-        client_id = client_id or key_id
+        key, credential, secret_sha256 = mint(tenant_id, scopes, label, client_id)
         self.db.execute("INSERT INTO api_keys VALUES (?,?,?,?,?,?,NULL,?)",
-                        (key_id, tenant_id, ",".join(sorted(set(scopes))), _digest(secret), label, created_at,
-                         client_id))
-        credential = Credential(key_id, tenant_id, frozenset(scopes), label, created_at, None, client=client_id)
-        return f"{_PREFIX}_{key_id}_{secret}", credential
+                        (credential.key_id, tenant_id, ",".join(sorted(credential.scopes)), secret_sha256, label,
+                         credential.created_at, credential.client_id))
+        return key, credential
 
     def rotate(self, key_id: str) -> tuple[str, Credential]:
         """A new key for the client of live key `key_id`: same tenant, scopes and label.
@@ -145,10 +168,10 @@ class CredentialStore:
         cached = self._verified.get(key)
         if cached is not None and now - cached[0] < _VERIFIED_CACHE_S:
             return cached[1]
-        prefix, _, rest = key.partition("_")
-        key_id, _, secret = rest.partition("_")
-        if prefix != _PREFIX or not key_id or not secret:
+        parsed = parse_key(key)
+        if parsed is None:
             return None
+        key_id, secret = parsed
         try:
             row = self.db.execute("SELECT * FROM api_keys WHERE key_id=?", (key_id,)).fetchone()
         except sqlite3.Error:
@@ -156,7 +179,7 @@ class CredentialStore:
         if row is None or row["revoked_at"] is not None:
             self._verified.pop(key, None)
             return None
-        if not hmac.compare_digest(row["secret_sha256"], _digest(secret)):
+        if not secret_matches(secret, row["secret_sha256"]):
             return None
         credential = self._credential(row)
         if len(self._verified) > 10_000:  # bounded whatever keys are tried
@@ -190,13 +213,26 @@ def read_local_keys(data_dir: Path) -> dict[str, str]:
     return {str(tenant): str(key) for tenant, key in json.loads(path.read_text()).items()}
 
 
-def ensure_local_keys(data_dir: Path, tenant_ids: list[str]) -> tuple[Path, list[str]]:
+def open_credential_store(settings, *, background: bool = True):
+    """The deployment's credential store: `credentials.sqlite` in the data directory, or
+    DynamoDB where the deployment's state is (`PAYORCH_STORAGE__BACKEND=dynamodb`), which
+    every intake replica and `payorch apikey` share. `background=False` for one-shot
+    commands: no refresh thread."""
+    if settings.storage.backend == "dynamodb":
+        from orchestrator.intake.credentials_dynamodb import DynamoDBCredentialStore
+
+        return DynamoDBCredentialStore.from_settings(settings.storage.dynamodb, background=background)
+    return CredentialStore(settings.data_dir / CREDENTIALS_FILE)
+
+
+def ensure_local_keys(data_dir: Path, tenant_ids: list[str], store=None) -> tuple[Path, list[str]]:
     """Make sure the local keys file holds a live key, with every scope, for each tenant.
 
     Keys already there and still valid are kept (a restart does not rotate them); a
     missing or revoked one is replaced. Returns the file and the tenants given new keys.
+    `store` (closed here) defaults to the SQLite store in `data_dir`.
     """
-    store = CredentialStore(data_dir / CREDENTIALS_FILE)
+    store = store if store is not None else CredentialStore(data_dir / CREDENTIALS_FILE)
     try:
         keys = read_local_keys(data_dir)
         created = []
@@ -209,6 +245,7 @@ def ensure_local_keys(data_dir: Path, tenant_ids: list[str]) -> tuple[Path, list
         store.close()
     path = local_keys_path(data_dir)
     if created or not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".json.partial")
         partial.touch(mode=0o600)
         os.chmod(partial, 0o600)

@@ -45,7 +45,8 @@ PROBLEM_KINDS: dict[str, tuple[int, str]] = {
     "rate-limited": (429, "This API key has submitted more payments than its rate allows"),
     "overloaded": (503, "The payment flow cannot take more payments now; send again after Retry-After"),
     "server-busy": (503, "The intake is serving all the connections it can; send again after Retry-After"),
-    "store-unavailable": (503, "The intake cannot reach its idempotency store; send again after Retry-After"),
+    "store-unavailable": (503, "The intake cannot reach its credential or idempotency store; send again after "
+                               "Retry-After"),
     "broker-unavailable": (503, "The broker did not confirm the payment in time; its outcome is unknown"),
     "internal-error": (500, "Internal error"),
 }

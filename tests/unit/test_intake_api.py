@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import shutil
 import sqlite3
 import time
 import uuid
@@ -23,6 +22,7 @@ from orchestrator.intake.credentials import (
     CredentialStore,
     bearer,
     ensure_local_keys,
+    open_credential_store,
     read_local_keys,
 )
 from orchestrator.intake.idempotency import AcceptedAnswer, IdempotencyStore
@@ -45,7 +45,7 @@ class World:
         self.producer = FakeProducer()
         publisher = EventPublisher(self.producer, CODEC, TopicNamer(self.settings.topic_template))
         self.app = create_app(self.settings, TENANTS, publisher=publisher)
-        ensure_local_keys(tmp_path, sorted(TENANTS))
+        ensure_local_keys(tmp_path, sorted(TENANTS), open_credential_store(self.settings, background=False))
         self.keys = read_local_keys(tmp_path)  # tenant id -> key with every scope
 
     def auth(self, tenant: str = "emea") -> dict[str, str]:
@@ -185,7 +185,7 @@ def test_a_body_refused_under_a_claimed_key_leaves_the_key_free_for_the_same_bod
     assert post(world, body, key="k-abandoned").status_code == 202
 
 
-def test_on_dynamodb_replicas_on_other_hosts_share_keys_and_an_unreachable_store_accepts_nothing(
+def test_on_dynamodb_replicas_on_other_hosts_share_credentials_and_keys_and_an_unreachable_store_accepts_nothing(
         tmp_path, dynamodb_emulator, monkeypatch):
     """Two intakes with their own data directories (two hosts) and one DynamoDB EMULATOR."""
     from botocore.exceptions import EndpointConnectionError
@@ -202,8 +202,7 @@ def test_on_dynamodb_replicas_on_other_hosts_share_keys_and_an_unreachable_store
         monkeypatch.setenv(name.upper(), value)
     body = sample_body("emea")
     one, two = World(tmp_path / "host-1", storage=storage), World(tmp_path / "host-2", storage=storage)
-    two.keys = one.keys  # the same client calls both
-    shutil.copyfile(tmp_path / "host-1" / "credentials.sqlite", tmp_path / "host-2" / "credentials.sqlite")
+    two.keys = one.keys  # the same client calls both; its key is in the shared credential table
     with TestClient(one.app, base_url="http://127.0.0.1:8080") as first_client, \
             TestClient(two.app, base_url="http://127.0.0.1:8080") as second_client:
         one.client, two.client = first_client, second_client
