@@ -446,7 +446,7 @@ def create_app(settings: Settings, tenants: dict[str, TenantConfig], *, publishe
         response = response_of(payments)
         try:
             await state["idempotency"].remember(AcceptedAnswer(
-            tenant.tenant_id, key, digest, 202, response,
+                tenant.tenant_id, key, digest, 202, response,
                 [(p, now.isoformat(), e.event_id) for p, e in zip(payments, events)],
                 client_id=credential.client_id, claim_token=claim_token))
         except IdempotencyStoreUnavailable as exc:
