@@ -19,6 +19,8 @@ import uuid
 from pathlib import Path
 
 import httpx
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 
 from orchestrator.intake.credentials import bearer, ensure_local_keys, read_local_keys
 from orchestrator.samples import TENANTS
@@ -184,6 +186,27 @@ class System:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        self.delete_topics()
+
+    def delete_topics(self, timeout_s: float = 10.0) -> None:
+        """This system's topics (every name carries its run id), deleted once its processes
+        are gone. The session's broker keeps every partition's segment files open; with
+        each system's ~1,200 partitions left behind, a session of many systems reached the
+        machine's open-files limit (20,000, which this container may not raise) and the
+        broker shut down ("all log dirs have failed: Too many open files"). Best effort: a
+        test whose broker is down leaves nothing to clean."""
+        admin = AdminClient({"bootstrap.servers": self.env["PAYORCH_KAFKA__BOOTSTRAP_SERVERS"]})
+        try:
+            names = [name for name in admin.list_topics(timeout=timeout_s).topics if f".t{self.run_id}" in name]
+        except KafkaException:
+            return
+        if not names:
+            return
+        for future in admin.delete_topics(names, operation_timeout=timeout_s, request_timeout=timeout_s).values():
+            try:
+                future.result(timeout=timeout_s * 2)
+            except (KafkaException, TimeoutError):
+                pass  # the broker went away meanwhile
 
     def process_states(self) -> dict[str, str]:
         """Each process: running, or how it exited (a stage that died is a stuck flow's

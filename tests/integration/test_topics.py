@@ -7,6 +7,7 @@ did not exist yet (produce and fetch errors, retried, for tens of seconds under 
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -47,3 +48,33 @@ def test_every_partition_is_served_when_create_topics_returns(kafka_bootstrap, m
 
     again_created, again_existing = create_topics(settings, TENANTS)
     assert again_created == [] and sorted(again_existing) == sorted(created)
+
+
+def test_a_stopped_test_system_leaves_no_topics_on_the_session_broker(kafka_bootstrap, tmp_path):
+    """The suite's systems share one broker, which keeps every partition's files open:
+    each system deletes its own topics when it stops, and only its own."""
+    from tests.harness import System
+
+    first, second = System(kafka_bootstrap, tmp_path / "first"), System(kafka_bootstrap, tmp_path / "second")
+    for system in (first, second):
+        created = system.cli("topics", "create")
+        assert created.returncode == 0, created.stderr
+    admin = make_admin(first.settings())
+
+    def topics_of(system: System) -> set[str]:
+        return {name for name in admin.list_topics(timeout=30).topics if f".t{system.run_id}" in name}
+
+    def gone(system: System) -> bool:
+        # Deletion is accepted at once; the broker's metadata says so moments later.
+        deadline = time.monotonic() + 60
+        while topics_of(system) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return topics_of(system) == set()
+
+    theirs = topics_of(second)
+    assert topics_of(first) and theirs
+    first.stop()
+    assert gone(first)
+    assert topics_of(second) == theirs
+    second.stop()
+    assert gone(second)
