@@ -116,15 +116,9 @@ class DynamoDBLedgerStore:
 
     @classmethod
     def from_settings(cls, settings: DynamoDBSettings, *, read_only: bool = False) -> DynamoDBLedgerStore:
-        import boto3
-        from botocore.config import Config
+        from orchestrator.storage import dynamodb_client
 
-        # Credentials come from boto3's default chain (task role, environment, profile),
-        # never from payorch's settings.
-        client = boto3.session.Session().client(
-            "dynamodb", endpoint_url=settings.endpoint_url, region_name=settings.region,
-            config=Config(retries={"mode": "standard", "max_attempts": settings.max_attempts},
-                          connect_timeout=settings.timeout_s, read_timeout=settings.timeout_s))
+        client = dynamodb_client(settings)
         try:
             return cls(client, settings.table_prefix, read_only=read_only, endpoint_url=settings.endpoint_url)
         except BaseException:

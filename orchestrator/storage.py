@@ -141,3 +141,17 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         conn.execute("RELEASE batch")
         raise
     conn.execute("RELEASE batch")
+
+
+def dynamodb_client(settings):
+    """A boto3 DynamoDB client as every DynamoDB store of payorch makes it, from
+    `DynamoDBSettings`: the endpoint and region given (None: boto3's own resolution), the
+    standard retry mode, and the timeouts. Credentials come from boto3's default chain
+    (task role, environment, profile), never from payorch's settings."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.session.Session().client(
+        "dynamodb", endpoint_url=settings.endpoint_url, region_name=settings.region,
+        config=Config(retries={"mode": "standard", "max_attempts": settings.max_attempts},
+                      connect_timeout=settings.timeout_s, read_timeout=settings.timeout_s))
